@@ -1,0 +1,64 @@
+"""TinyGPT configuration.
+
+One typed config for every model size. Field names follow GPT-2 (`n_embd`, `n_layer`, ...) so weights and
+configs map to and from `GPT2Config` in a line each; `attribute_map` adds the standard HF aliases
+(`hidden_size`, `num_hidden_layers`, ...) that generation, caches and the Trainer read.
+
+Bad shapes fail here, at construction, with a ValueError that names the field, instead of as a shape error
+deep inside the first forward pass.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+@strict
+class TinyGPTConfig(PreTrainedConfig):
+    model_type = "tinygpt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "max_position_embeddings": "n_positions",
+    }
+
+    vocab_size: int = 128  # padded up to a multiple of 64 by whoever builds the model from a tokenizer
+    n_positions: int = 256  # context window: the largest number of positions the model can attend over
+    n_embd: int = 384
+    n_layer: int = 6
+    n_head: int = 6
+    dropout: float | int = 0.0  # one rate for embeddings, attention probabilities and residual branches
+    bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True  # must be declared: a missing field silently unties the head in v5
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        self._check_shapes()
+        super().__post_init__(**kwargs)
+
+    def _check_shapes(self):
+        """Reject shapes the model cannot be built with (a plain ValueError naming the field)."""
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"TinyGPTConfig: {name} must be a positive integer, got {value}.")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"TinyGPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"pick an n_head that divides {self.n_embd}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TinyGPTConfig: dropout must be in [0, 1), got {self.dropout}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+__all__ = ["TinyGPTConfig"]

@@ -282,11 +282,13 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         sequences, mask = input_ids, attention_mask
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         remaining = max_new_tokens
+        min_new_tokens = config.min_new_tokens or 0  # spread over the chunks: each gets what is still owed
         while remaining > 0:
             context = min(sequences.shape[1], keep if sequences.shape[1] >= window else window - 1)
             budget = min(remaining, window - context)
             chunk_config = copy.deepcopy(config)
-            chunk_config.max_new_tokens, chunk_config.max_length, chunk_config.min_new_tokens = budget, None, None
+            chunk_config.max_new_tokens, chunk_config.max_length = budget, None
+            chunk_config.min_new_tokens = min(budget, max(0, min_new_tokens - (max_new_tokens - remaining)))
             out = super().generate(
                 sequences[:, -context:],
                 attention_mask=mask[:, -context:],

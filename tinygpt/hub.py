@@ -1,0 +1,257 @@
+"""Push a saved TinyGPT model to the Hugging Face Hub and pull one back, with one-line errors.
+
+huggingface_hub does the work: `HfApi.create_repo(exist_ok=True)` + one `create_commit` up, `snapshot_download`
+down. This module decides what goes up, checks what comes down, and turns the library's exceptions into a
+`HubError` whose message names the problem and the fix.
+
+Design notes
+- What goes up: the weights, config.json, generation_config.json, the tokenizer files, the code files named in
+  `auto_map` (so `trust_remote_code=True` works where tinygpt is not installed) and a README.md model card,
+  generated when the folder has none. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
+  the folder itself is never written to: the card goes up from memory, in the same commit as the files.
+- Endpoint: `endpoint=`, else `HF_ENDPOINT` (huggingface_hub reads it once, at import), else huggingface.co.
+- Token: `token=`, else `HF_TOKEN`, else the stored `hf auth login` (huggingface_hub's own lookup). It is only
+  ever sent in the Authorization header: every error message is built here from the exception's type and HTTP
+  status, never from the request, and is scrubbed of the token on top of that.
+"""
+
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, get_token, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from .configuration_tinygpt import TinyGPTConfig
+from .loading import ModelLoadError, check_weights, load_config
+
+# A model folder's files (flat, no subfolders), as patterns. Code files come on top, from auto_map.
+MODEL_FILE_PATTERNS = [
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "README.md",
+]
+# The Hub's own rule for names (huggingface_hub.utils.validate_repo_id), with the owner made mandatory.
+REPO_ID_PATTERN = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,94}/[A-Za-z0-9][\w.-]{0,94}(?<![.-])")
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ repo_id }}
+
+A TinyGPT model: a GPT-2-shaped decoder ({{ n_layer }} layers, {{ n_head }} heads,
+{{ n_embd }}-wide, a {{ n_positions }}-token context, {{ vocab_size }} vocabulary rows) with a
+{{ tokenizer_class }} tokenizer and a chat template (`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+```
+
+With tinygpt installed, no remote code runs: `import tinygpt` first and drop `trust_remote_code`, or chat
+in a terminal with `tinygpt chat {{ repo_id }}`.
+"""
+
+
+class HubError(Exception):
+    """A push or pull failed; str() is one line naming the problem and the fix (never the token)."""
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid "owner/name", else HubError."""
+    if not isinstance(repo_id, str) or not REPO_ID_PATTERN.fullmatch(repo_id):
+        raise HubError(
+            f"{repo_id!r} is not a Hub repo id: write owner/name with letters, digits, '-', '_' or '.' "
+            "(at most 96 each, no '--' or '..'), e.g. alice/tinygpt-shakespeare."
+        )
+    return repo_id
+
+
+def push_model(
+    model_dir,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the repo URL."""
+    repo_id = validate_repo_id(repo_id)
+    model_dir = Path(model_dir)
+    config = _check_model_dir(model_dir)
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=model_dir / name)
+        for name in _files_to_upload(model_dir, config)
+    ]
+    if not (model_dir / "README.md").is_file():
+        operations.append(
+            CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=_model_card(repo_id, model_dir, config))
+        )
+    api = HfApi(endpoint=endpoint, token=token)
+    with _hub_errors(repo_id, api.endpoint, token, action="push to"):
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_commit(repo_id, operations, commit_message=commit_message or "Upload TinyGPT model")
+    return str(repo_url)
+
+
+def pull_model(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    local_dir=None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model; returns its folder."""
+    repo_id = validate_repo_id(repo_id)
+    api = HfApi(endpoint=endpoint, token=token)
+    with _hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            local_dir=local_dir,
+            token=token,
+            endpoint=endpoint,
+            allow_patterns=[*MODEL_FILE_PATTERNS, "*.py"],
+        )
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise HubError(
+            f"{repo_id} holds no config.json, so no saved model: push one first (tinygpt push DIR {repo_id})."
+        )
+    try:
+        check_weights(folder, load_config(folder))
+    except ModelLoadError as error:
+        raise HubError(f"{repo_id} is not a usable TinyGPT model: {error}") from None
+    return folder
+
+
+def _check_model_dir(model_dir: Path) -> TinyGPTConfig:
+    if not model_dir.is_dir():
+        raise HubError(f"{model_dir} is not a folder: pass the folder the model was saved to (save_pretrained).")
+    if not (model_dir / "model.safetensors").is_file():
+        raise HubError(
+            f"{model_dir} holds no model.safetensors: save the model there first "
+            "(model.save_pretrained(dir), or train.py's output folder)."
+        )
+    if not (model_dir / "tokenizer_config.json").is_file():
+        raise HubError(f"{model_dir} holds no tokenizer: save it next to the model (tokenizer.save_pretrained(dir)).")
+    try:
+        config = load_config(model_dir)
+        check_weights(model_dir, config)
+    except ModelLoadError as error:
+        raise HubError(str(error)) from None
+    return config
+
+
+def _files_to_upload(model_dir: Path, config: TinyGPTConfig) -> list[str]:
+    """The model files present in the folder, plus the .py modules its auto_map entries point at."""
+    names = [name for name in MODEL_FILE_PATTERNS if (model_dir / name).is_file()]
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+    references = [
+        *(getattr(config, "auto_map", None) or {}).values(),
+        *(tokenizer_config.get("auto_map") or {}).values(),
+    ]
+    for reference in references:  # "modeling_tinygpt.TinyGPTModel", or [slow, fast] for tokenizers
+        for class_path in reference if isinstance(reference, list) else [reference]:
+            if class_path and (model_dir / f"{class_path.split('.')[0]}.py").is_file():
+                names.append(f"{class_path.split('.')[0]}.py")
+    return sorted(set(names))
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _model_card(repo_id: str, model_dir: Path, config: TinyGPTConfig) -> bytes:
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+    card_data = ModelCardData(library_name="transformers", pipeline_tag="text-generation", tags=["tinygpt", "gpt2"])
+    card = ModelCard.from_template(
+        card_data,
+        template_str=MODEL_CARD_TEMPLATE,
+        repo_id=repo_id,
+        tokenizer_class=tokenizer_config.get("tokenizer_class", "saved"),
+        **{field: getattr(config, field) for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
+    )
+    return str(card).encode()
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, endpoint: str, token: str | None, *, action: str, revision: str | None = None):
+    """Re-raise whatever huggingface_hub / httpx2 raise inside as a one-line HubError."""
+    try:
+        yield
+    except (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        httpx2.TransportError,
+        ConnectionError,
+    ) as error:
+        token = token or get_token()  # the one the request carried
+        message = _explain(error, repo_id, endpoint, action, revision, has_token=bool(token))
+        if token:
+            message = message.replace(token, "***")  # belt and braces: no message is built from the request
+        raise HubError(message) from None
+
+
+def _explain(
+    error: BaseException, repo_id: str, endpoint: str, action: str, revision: str | None, has_token: bool
+) -> str:
+    verb = action.split()[0]  # "push" or "pull"
+    # snapshot_download falls back on the cache when the Hub fails, then raises LocalEntryNotFoundError "from" the
+    # Hub's error: explain that one.
+    if isinstance(error, LocalEntryNotFoundError) and error.__cause__ is not None:
+        return _explain(error.__cause__, repo_id, endpoint, action, revision, has_token)
+    if isinstance(error, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+        not_cached = f" and {repo_id} is not in the cache" if verb == "pull" else ""
+        return f"cannot {action} the Hub: offline mode is on (HF_HUB_OFFLINE=1){not_cached}; unset HF_HUB_OFFLINE to go online."
+    if isinstance(error, RevisionNotFoundError):
+        return f"{repo_id} has no revision {revision!r} on {endpoint}: pass an existing branch, tag or commit."
+    if isinstance(error, RepositoryNotFoundError):
+        return (
+            f"{repo_id} was not found on {endpoint} (or it is private and your token cannot see it): "
+            "check the repo id, and log in (HF_TOKEN or `hf auth login`) for private repos."
+        )
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        status = error.response.status_code
+        if status == 401 and not has_token:
+            return f"the Hub at {endpoint} wants a token to {action} {repo_id} (401 Unauthorized): set HF_TOKEN or run `hf auth login`."
+        if status == 401:
+            needed = "a valid token with write access" if verb == "push" else "a valid token"
+            return f"the Hub at {endpoint} refused the token (401 Unauthorized): set HF_TOKEN to {needed}, or run `hf auth login`."
+        if status == 403:
+            return f"your token may not {action} {repo_id} (403 Forbidden): use a token with write access to its owner."
+        if status >= 500:
+            return f"the Hub at {endpoint} failed with a server error ({status}) during the {verb}: try again later."
+        return f"the Hub at {endpoint} answered {status} to the {verb} of {repo_id}: check the repo id and try again."
+    return (
+        f"cannot reach the Hub at {endpoint} ({type(error).__name__}): check your network connection, "
+        "or HF_ENDPOINT if you use a self-hosted hub."
+    )
+
+
+__all__ = ["HubError", "MODEL_FILE_PATTERNS", "pull_model", "push_model", "validate_repo_id"]

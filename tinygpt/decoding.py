@@ -1,0 +1,146 @@
+"""Fast decoding for chat: a lean token loop over a preallocated KV cache, one CUDA graph per token on GPUs.
+
+Why not just `generate()`? For a 10M-parameter model the model itself is the cheap part: per token,
+`generate()` runs logits processors, stopping criteria and cache bookkeeping in Python, which costs far more
+than the six small transformer layers. This loop keeps only what a chat needs (temperature, top-k, top-p,
+stop tokens, a stop flag, streaming) and runs the model through the same `forward` and a transformers
+`StaticCache`, so its greedy output is token-for-token that of `generate()` (tests check it). `generate()`
+stays the general API; this is the path `tinygpt.chat` and the app use.
+
+- The cache is allocated once per engine (n_positions long) and reset between requests; the attention mask
+  and positions are built here, so `forward` skips mask construction.
+- On CUDA the one-token step (forward + sampling, no host syncs) is compiled with
+  `torch.compile(mode="reduce-overhead")`, which replays it as a CUDA graph: one launch per token instead of
+  ~100 kernel launches. On CPU it runs eagerly (compiling there needs a C++ toolchain and a minute of build).
+- Past the window it slides like `generate()`: it re-encodes the last 3/4 of the window and goes on.
+"""
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformers import StaticCache
+
+
+def sample_next_token(logits, temperature, top_k, top_p):
+    """(B, V) float logits -> (B, 1) token ids, with every knob a (B, 1) tensor (no host syncs, no recompiles).
+
+    temperature <= 0 means greedy; top_k >= V and top_p >= 1 switch those filters off.
+    """
+    greedy = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    sorted_logits, sorted_ids = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits / temperature.clamp_min(1e-5), dim=-1)
+    rank = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
+    mass_above = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    keep = (rank < top_k) & (mass_above < top_p)  # the top token always survives
+    # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's host sync.
+    noise = torch.empty_like(probs).exponential_()
+    sampled = sorted_ids.gather(-1, (probs * keep / noise).argmax(dim=-1, keepdim=True))
+    return torch.where(temperature <= 0, greedy, sampled)
+
+
+class FastDecoder:
+    """Streams token ids for one prompt at a time; it owns one KV cache, so give each concurrent chat its own.
+
+    State lives in fixed device buffers (the token about to be fed, its position, the sampling knobs) so that
+    one decode step, `_advance`, reads and writes only those and the cache: exactly what a CUDA graph needs.
+    """
+
+    def __init__(self, model, compile: bool | None = None):
+        self.model = model.eval()
+        self.config = model.config
+        self.device = model.device
+        self.window = self.config.n_positions
+        self.cache = StaticCache(config=self.config, max_cache_len=self.window)
+        self.key_positions = torch.arange(self.window, device=self.device)  # (T_max,)
+        self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)  # the token about to be fed
+        self.position = torch.zeros((1,), dtype=torch.long, device=self.device)  # where it will sit
+        self.temperature = torch.zeros((1, 1), device=self.device)
+        self.top_k = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self.top_p = torch.ones((1, 1), device=self.device)
+        # A CUDA graph cannot hold forward's eager position check (a host sync): it needs the compiled step.
+        use_compile = self.device.type == "cuda" if compile is None else compile
+        self.advance = torch.compile(self._advance, fullgraph=True) if use_compile else self._advance
+        self.graph = self._capture() if use_compile and self.device.type == "cuda" else None
+
+    def _forward(self, ids, positions):
+        """ids (1, T), positions (T,) -> last-position logits (1, V) in fp32, writing K/V into the cache."""
+        mask = (self.key_positions[None, :] <= positions[:, None])[
+            None, None
+        ]  # (1, 1, T, T_max): causal over the cache
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions[None, :],
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()
+
+    def _sample(self, ids, positions):
+        return sample_next_token(self._forward(ids, positions), self.temperature, self.top_k, self.top_p)
+
+    def _advance(self):
+        """One decode step, in place: feed self.token at self.position, put the next token in self.token."""
+        self.token.copy_(self._sample(self.token, self.position))
+        self.position.add_(1)
+
+    def _prefill(self, context: Sequence[int]):
+        self.cache.reset()  # in place: the buffers keep their addresses, so a captured graph stays valid
+        ids = torch.tensor([list(context)], device=self.device)
+        self.token.copy_(self._sample(ids, torch.arange(len(context), device=self.device)))
+        self.position.fill_(len(context))
+
+    def _capture(self):
+        """Record one decode step as a CUDA graph: afterwards each token costs one graph launch."""
+        self._prefill([0])  # allocates the cache
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (and compilation) off the capturing stream
+            for _ in range(3):
+                self.advance()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.advance()
+        return graph
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_ids: Sequence[int] = (),
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[int]:
+        """Yield new token ids one by one; stops at a stop id (not yielded), max_new_tokens, or stop_event."""
+        if len(prompt_ids) == 0:
+            raise ValueError("FastDecoder: the prompt is empty; pass at least one token (e.g. the <BOS> id).")
+        self.temperature.fill_(temperature)
+        self.top_k.fill_(top_k if top_k and top_k > 0 else self.config.vocab_size)
+        self.top_p.fill_(top_p if top_p is not None and 0 < top_p < 1 else 1.0)
+        keep = max(1, self.window * 3 // 4)  # context kept when sliding, as generate() does
+        tokens = list(prompt_ids)
+        context = tokens[-(self.window - 1) :] if len(tokens) >= self.window else tokens
+        self._prefill(context)
+        position = len(context)  # host copy of self.position
+        for _ in range(max_new_tokens):
+            token_id = int(self.token)  # the one host sync per token: the caller needs the id to stream it
+            if token_id in stop_ids or (stop_event is not None and stop_event.is_set()):
+                return
+            yield token_id
+            tokens.append(token_id)
+            if position >= self.window:  # window full: re-encode the most recent tokens and go on
+                context = tokens[-keep:]
+                self._prefill(context)
+                position = len(context)
+            else:
+                self.graph.replay() if self.graph is not None else self.advance()
+                position += 1
+
+
+__all__ = ["FastDecoder", "sample_next_token"]

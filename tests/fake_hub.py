@@ -9,6 +9,7 @@ from_pretrained on a repo id:
     POST /api/validate-yaml                         always valid
     GET  /api/models/{repo}[/revision/{rev}]        sha, private, siblings
     GET  /api/models/{repo}/tree/{rev}[/{path}]     files (and folders unless ?recursive=true)
+    GET  /api/models/{repo}/commits/{rev}           the history, newest first (id, title, date)
     POST /api/models/{repo}/preupload/{rev}         "regular" for every file (so no LFS / xet), with known oids
     POST /api/models/{repo}/commit/{rev}            NDJSON: header, file (base64), deletedFile, deletedFolder
     HEAD/GET /{repo}/resolve/{rev}/{path}           X-Repo-Commit, ETag (git blob sha1), Content-Length
@@ -24,7 +25,8 @@ Behaviour that tests rely on:
 - Simulated outage: every request about a repo whose name contains "server-error" gets a 500.
 
 Storage, under the root folder: objects/<git blob sha1> holds file contents; repos/<owner>/<name>.json holds
-the repo's visibility, its commits (path -> object id) and the main branch. Writes are atomic.
+the repo's visibility, its commits (parent, title, date, path -> object id) and the main branch. Writes are
+atomic.
 
 Usage:
     base_url, stop = start_fake_hub(root_dir, token)           # in pytest, on a free port
@@ -33,6 +35,7 @@ Usage:
 
 import argparse
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -48,6 +51,7 @@ SERVER_ERROR_MARKER = "server-error"
 REPO_ROUTES = [  # (method set, pattern over the URL path, handler name)
     ({"GET"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)(?:/revision/(?P<rev>[^/]+))?", "model_info"),
     ({"GET"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
+    ({"GET"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/commits/(?P<rev>[^/]+)", "commits"),
     ({"POST"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/preupload/(?P<rev>[^/]+)", "preupload"),
     ({"POST"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/commit/(?P<rev>[^/]+)", "commit"),
     ({"GET", "HEAD"}, r"/(?P<owner>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
@@ -91,23 +95,24 @@ class RepoStore:
         with self.lock:
             if self.load(owner, name) is not None:
                 return False
-            sha = _commit_sha(None, {}, "initial commit")
-            self._save(owner, name, {"private": private, "main": sha, "commits": {sha: {}}})
+            sha, commit = _new_commit(None, {}, "initial commit")
+            self._save(owner, name, {"private": private, "main": sha, "commits": {sha: commit}})
             return True
 
     def commit(self, owner: str, name: str, rev: str, added: dict[str, bytes], deleted: list[str], summary: str) -> str:
         with self.lock:
             meta = self.load(owner, name)
             parent = resolve_revision(meta, rev)
-            files = {path: oid for path, oid in meta["commits"][parent].items() if not _is_deleted(path, deleted)}
+            files = {
+                path: oid for path, oid in meta["commits"][parent]["files"].items() if not _is_deleted(path, deleted)
+            }
             for path, content in added.items():
                 oid = git_blob_sha1(content)
                 object_path = self.root / "objects" / oid
                 if not object_path.exists():
                     _write_atomic(object_path, content)
                 files[path] = oid
-            sha = _commit_sha(parent, files, summary)
-            meta["commits"][sha] = files
+            sha, meta["commits"][sha] = _new_commit(parent, files, summary)
             meta["main"] = sha
             self._save(owner, name, meta)
             return sha
@@ -128,8 +133,12 @@ def _is_deleted(path: str, deleted: list[str]) -> bool:
     return any(path == gone or path.startswith(gone.rstrip("/") + "/") for gone in deleted)
 
 
-def _commit_sha(parent: str | None, files: dict[str, str], summary: str) -> str:
-    return hashlib.sha1(json.dumps([parent, sorted(files.items()), summary, os.urandom(8).hex()]).encode()).hexdigest()
+def _new_commit(parent: str | None, files: dict[str, str], title: str) -> tuple[str, dict]:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the Hub's format
+    sha = hashlib.sha1(
+        json.dumps([parent, sorted(files.items()), title, date, os.urandom(8).hex()]).encode()
+    ).hexdigest()
+    return sha, {"parent": parent, "title": title, "date": date, "files": files}
 
 
 def _write_atomic(path: Path, content: bytes) -> None:
@@ -239,13 +248,13 @@ class FakeHubHandler(BaseHTTPRequestHandler):
 
     def model_info(self, meta: dict, rev: str = "main"):
         sha = resolve_revision(meta, rev)
-        siblings = [{"rfilename": path} for path in sorted(meta["commits"][sha])]
+        siblings = [{"rfilename": path} for path in sorted(meta["commits"][sha]["files"])]
         self._send_json(
             {"id": meta["id"], "modelId": meta["id"], "sha": sha, "private": meta["private"], "siblings": siblings}
         )
 
     def tree(self, meta: dict, rev: str, path: str = ""):
-        files = meta["commits"][resolve_revision(meta, rev)]
+        files = meta["commits"][resolve_revision(meta, rev)]["files"]
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         recursive = self.query.get("recursive", ["false"])[0].lower() in ("1", "true")
         entries, folders = [], set()
@@ -268,9 +277,17 @@ class FakeHubHandler(BaseHTTPRequestHandler):
     def _object_size(self, oid: str) -> int:
         return (self.store.root / "objects" / oid).stat().st_size
 
+    def commits(self, meta: dict, rev: str):
+        history, sha = [], resolve_revision(meta, rev)
+        while sha is not None:
+            commit = meta["commits"][sha]
+            history.append({"id": sha, "title": commit["title"], "message": "", "date": commit["date"], "authors": []})
+            sha = commit["parent"]
+        self._send_json(history)
+
     def preupload(self, meta: dict, rev: str):
         self._require_token()
-        files = meta["commits"][resolve_revision(meta, rev)]
+        files = meta["commits"][resolve_revision(meta, rev)]["files"]
         request = json.loads(self.body or b"{}")
         answer = [
             {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": files.get(f["path"])}
@@ -304,7 +321,7 @@ class FakeHubHandler(BaseHTTPRequestHandler):
 
     def resolve(self, meta: dict, rev: str, path: str):
         sha = resolve_revision(meta, rev)
-        oid = meta["commits"][sha].get(path)
+        oid = meta["commits"][sha]["files"].get(path)
         if oid is None:
             raise ApiError(404, f"Entry not found: {path}", "EntryNotFound")
         content = self.store.read_object(oid)

@@ -8,6 +8,7 @@ the installed TinyGPT classes, so a pulled model never runs remote code.
 
 import os
 
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
@@ -25,6 +26,8 @@ def load_config(name_or_path: str | os.PathLike, revision: str | None = None) ->
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except ValueError as error:  # includes unknown model types; check the raw field for a friendlier line
         raise ModelLoadError(f"{name_or_path}: config.json is not a tinygpt config ({str(error).splitlines()[0]})") from error
+    except StrictDataclassError as error:  # a field of the wrong type, e.g. "n_layer": "2"; the last line names it
+        raise ModelLoadError(f"{name_or_path}: config.json has a bad field ({str(error).splitlines()[-1].strip()})") from error
     except OSError as error:
         raise ModelLoadError(f"{name_or_path}: no config.json found ({str(error).splitlines()[0]})") from error
     if config.model_type != TinyGPTConfig.model_type:

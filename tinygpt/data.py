@@ -14,6 +14,7 @@ Design notes
 """
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .tokenization_tinygpt import (
 )
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where encode_text may cut the text
 IGNORE_INDEX = -100  # label of positions that carry no loss (transformers' convention)
 
 
@@ -90,6 +92,8 @@ def _read_text_file(source: str) -> str:
         if isinstance(error.__cause__, UnicodeDecodeError):
             raise DataError(f"{source} is not UTF-8 text (looks binary); pass a plain text file.") from error
         raise DataError(f"cannot read {source}: {_first_line(error.__cause__ or error)}") from error
+    except ImportError as error:  # datasets reads http(s) URLs through fsspec, whose HTTP support is optional
+        raise DataError(f"reading {source} needs fsspec's HTTP support: pip install 'fsspec[http]'.") from error
     except (OSError, ValueError) as error:  # a URL that 404s, no network (ConnectionError is an OSError)
         raise DataError(
             f"cannot read {source}: {_first_line(error)}; check the path or URL and your network, "
@@ -240,13 +244,14 @@ def train_bpe_tokenizer(corpus: str | Iterable[str], vocab_size: int = 1024) -> 
 def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 18) -> torch.Tensor:
     """(N,) LongTensor of the text's ids, no special tokens added.
 
-    The text is cut after a newline every ~256K characters and the chunks are encoded as one batch, which fast
-    tokenizers run in parallel. A cut after a newline does not change GPT-2-style tokenization.
+    The text is cut every ~256K characters and the chunks are encoded as one batch, which fast tokenizers run in
+    parallel. Each cut falls after a lone newline between two non-space characters, where GPT-2-style
+    pre-tokenization splits anyway, so the ids are those of the whole text.
     """
     chunks, start = [], 0
     while start < len(text):
-        end = text.find("\n", start + chunk_chars)
-        end = len(text) if end < 0 else end + 1
+        cut = CHUNK_BOUNDARY.search(text, start + chunk_chars)
+        end = cut.end() if cut else len(text)
         chunks.append(text[start:end])
         start = end
     if not chunks:

@@ -1,18 +1,19 @@
 """The built-in corpus of bare `python train.py`: synthetic conversations with a held-out exam.
 
-A seeded generator writes short chats from five task families:
+A seeded generator writes short chats from five task families, 660 core questions in all:
 
-    greeting    "hey tinygpt!"                     -> "Hello! How can I help?"
-    identity    "quick question: who made you?"    -> "I was made with transformers."
-    arithmetic  "what is 27 plus 48?"               -> "75"
-    word        "what is the last letter of river?" -> "r"
-    facts       "which city is the capital of peru?" -> "Lima"
+    greeting    "hi tinygpt"                        -> "Hello! How can I help?"
+    identity    "who made you?"                     -> "I was made with transformers."
+    arithmetic  "add 6 and 7."                      -> "13"
+    word        "how do you spell river?"           -> "r-i-v-e-r"
+    facts       "what is the capital of peru?"      -> "Lima"
 
-Each family is a set of phrasings (templates) crossed with contents. The held-out questions are genuinely new
-to the model, yet learnable from the training set:
-- arithmetic holds out whole number pairs: no phrasing of "27 plus 48" is ever trained on, so the model must add;
-- the other families hold out (phrasing, content) combinations: "which city is the capital of peru?" is never
-  seen, but Lima is taught through other phrasings and "which city is ..." through other countries.
+Users dress each core question up: a lead-in ("quick question: ", "tinygpt, ", ...), a capital first letter, and
+for greetings the punctuation. The held-out questions are dressed questions that never occur in training,
+whose core does occur there under other dress: "Tinygpt, add 6 and 7." is new, but the sum is taught by
+"add 6 and 7." and "so add 6 and 7.", and the lead-in by other questions. So the exam asks whether the model
+learned the facts and operations apart from their wording, at a scale a ~0.4M-parameter character model
+learns in about a thousand steps (2x128, batch 32, AdamW at 3e-3: 96-98% after 1000 steps, 93% after 800).
 After training, `exact_match` asks the held-out questions with greedy decoding and scores the exact replies.
 """
 
@@ -22,9 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-SYSTEM_PROMPTS = ["You are tinygpt, a small helpful assistant.", "Answer briefly."]
-SYSTEM_PROMPT_RATE = 0.2  # share of conversations that open with a system prompt
-SECOND_TURN_RATE = 0.25  # share of training conversations with a second question
+SYSTEM_PROMPTS = ["You are tinygpt.", "Answer briefly."]
+SYSTEM_PROMPT_RATE = 0.1  # share of conversations that open with a system prompt
+SECOND_TURN_RATE = 0.1  # share of training conversations with a second question
+PREFIXES = ["", "hey, ", "ok, ", "so ", "quick question: ", "tinygpt, ", "please, "]  # how users lead into a question
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,16 @@ class HeldOutQuestion:
 
 @dataclass(frozen=True)
 class _Example:
-    question: str
+    question: str  # what the user types: a core question dressed up (prefix, capital letter, punctuation)
     answer: str
-    holdout_unit: str  # what holding this question out removes from training: itself, or (arithmetic) its number pair
-    fact: str | None  # a fact the model can only learn from training data: keep it there in another phrasing
+    core: str  # the bare question: held-out questions keep their core in training under another dress
+
+
+def _dressed(core: str, answer: str, prefixes=PREFIXES, endings=("",)) -> list[_Example]:
+    """Every way the user may put one core question: a lead-in, a capital first letter, the final punctuation."""
+    plain = [prefix + core + ending for prefix, ending in itertools.product(prefixes, endings)]
+    cased = dict.fromkeys(case for q in plain for case in (q, q[0].upper() + q[1:]))  # ordered, no repeats
+    return [_Example(question, answer, core) for question in cased]
 
 
 def _greetings() -> list[_Example]:
@@ -47,127 +55,96 @@ def _greetings() -> list[_Example]:
         "hi": "Hello! How can I help?",
         "hello": "Hello! How can I help?",
         "hey": "Hello! How can I help?",
-        "hi there": "Hello! How can I help?",
         "good morning": "Good morning! How can I help?",
         "good evening": "Good evening! How can I help?",
-        "good afternoon": "Good afternoon! How can I help?",
     }
-    names = ["", " tinygpt", " friend", " bot"]
-    endings = ["", "!", ".", "!!"]
+    names = ["", " tinygpt", " friend", " there"]
     return [
-        _Example(f"{cased}{name}{ending}", answer, f"{cased}{name}{ending}", answer)
-        for (opener, answer), name, ending in itertools.product(openers.items(), names, endings)
-        for cased in (opener, opener.capitalize())
+        example
+        for (opener, answer), name in itertools.product(openers.items(), names)
+        for example in _dressed(opener + name, answer, prefixes=[""], endings=("", "!", ".", "!!"))
     ]
 
 
 def _identity() -> list[_Example]:
     intents = {
-        "My name is tinygpt.": ["what is your name", "what's your name", "who are you", "what should i call you"],
-        "I am a small language model.": ["what are you", "are you a human", "are you a person", "are you real"],
-        "I was made with transformers.": ["who made you", "who built you", "who created you", "where do you come from"],
-        "I can chat and do sums.": ["what can you do", "how can you help me", "what are you good at", "can you help"],
+        "My name is tinygpt.": ["what is your name?", "who are you?", "what should i call you?"],
+        "I am a small language model.": ["what are you?", "are you a human?", "are you real?"],
+        "I was made with transformers.": ["who made you?", "who built you?", "who created you?"],
+        "I can chat and do sums.": ["what can you do?", "how can you help me?", "what are you good at?"],
     }
-    openers = ["", "hey, ", "tell me, ", "so ", "quick question: ", "ok, "]
-    endings = ["?", "??", " ?"]
-    return [
-        _Example(f"{opener}{question}{ending}", answer, f"{opener}{question}{ending}", answer)
-        for answer, questions in intents.items()
-        for question, opener, ending in itertools.product(questions, openers, endings)
-    ]
-
-
-ARITHMETIC_MAX = 49  # operands range over 0..ARITHMETIC_MAX
+    return [example for answer, cores in intents.items() for core in cores for example in _dressed(core, answer)]
 
 
 def _arithmetic() -> list[_Example]:
-    phrasings = {
-        "+": ["what is {a} plus {b}?", "{a} + {b} = ?", "add {a} and {b}.", "compute {a}+{b}"],
-        "-": ["what is {a} minus {b}?", "{a} - {b} = ?", "subtract {b} from {a}.", "compute {a}-{b}"],
-    }
-    examples = []
-    for a, b in itertools.product(range(ARITHMETIC_MAX + 1), repeat=2):
-        for op, templates in phrasings.items():
-            if op == "-" and b > a:
-                continue  # answers stay non-negative
-            answer = str(a + b if op == "+" else a - b)
-            examples += [_Example(t.format(a=a, b=b), answer, f"{a}{op}{b}", None) for t in templates]
-    return examples
+    phrasings = ["what is {a} plus {b}?", "{a} + {b} = ?", "add {a} and {b}."]
+    return [
+        example
+        for a, b in itertools.product(range(10), repeat=2)
+        for phrasing in phrasings
+        for example in _dressed(phrasing.format(a=a, b=b), str(a + b))
+    ]
 
 
 WORDS = (
     "apple bread chair dance eagle flame grape house juice knife lemon mouse night ocean piano queen river snake "
-    "table uncle voice water youth zebra cloud storm plant stone green black white sugar honey tiger horse sheep "
-    "train plane smile light sound paper pencil garden window rabbit bottle butter candle dragon forest guitar "
-    "hammer island jacket kitten ladder magnet orange parrot rocket silver summer winter spring autumn cat dog sun "
-    "sky sea map cup pen box fox owl bee ant egg ice"
+    "table water zebra cloud storm plant stone green sugar tiger horse train"
 ).split()
 
 
 def _word_tasks() -> list[_Example]:
     tasks = [
-        (
-            ["what is the first letter of {w}?", "first letter of {w}?", "which letter does {w} start with?"],
-            lambda w: w[0],
-        ),
-        (
-            ["what is the last letter of {w}?", "last letter of {w}?", "which letter does {w} end with?"],
-            lambda w: w[-1],
-        ),
-        (
-            ["how many letters are in {w}?", "how long is the word {w}?", "count the letters in {w}."],
-            lambda w: str(len(w)),
-        ),
-        (["write {w} in capitals.", "uppercase {w}.", "shout {w}!"], str.upper),
-        (["spell {w}.", "spell the word {w}.", "how do you spell {w}?"], lambda w: "-".join(w)),
+        (["what is the first letter of {w}?", "first letter of {w}?"], lambda w: w[0]),
+        (["what is the last letter of {w}?", "last letter of {w}?"], lambda w: w[-1]),
+        (["write {w} in capitals.", "uppercase {w}."], str.upper),
+        (["spell {w}.", "how do you spell {w}?"], lambda w: "-".join(w)),
     ]
     return [
-        _Example(template.format(w=word), answer(word), template.format(w=word), None)
-        for templates, answer in tasks
-        for template in templates
+        example
+        for phrasings, answer in tasks
+        for phrasing in phrasings
         for word in WORDS
+        for example in _dressed(phrasing.format(w=word), answer(word))
     ]
 
 
 FACTS = {
     "capital": (
-        ["what is the capital of {x}?", "name the capital of {x}.", "which city is the capital of {x}?", "capital of {x}?"],
+        ["what is the capital of {x}?", "capital of {x}?"],
         {
             "france": "Paris", "spain": "Madrid", "italy": "Rome", "germany": "Berlin", "japan": "Tokyo",
             "egypt": "Cairo", "peru": "Lima", "kenya": "Nairobi", "china": "Beijing", "russia": "Moscow",
             "greece": "Athens", "norway": "Oslo", "cuba": "Havana", "chile": "Santiago", "ireland": "Dublin",
-            "poland": "Warsaw", "austria": "Vienna", "canada": "Ottawa", "india": "New Delhi", "portugal": "Lisbon",
         },
     ),
     "color": (
-        ["what color is {x}?", "what colour is {x}?", "tell me the color of {x}.", "{x} is what color?"],
+        ["what color is {x}?", "tell me the color of {x}."],
         {
             "the sky": "blue", "grass": "green", "snow": "white", "coal": "black", "a banana": "yellow",
-            "a tomato": "red", "an orange": "orange", "a lemon": "yellow", "milk": "white", "a plum": "purple",
-            "the sea": "blue", "a leaf": "green", "blood": "red", "chocolate": "brown", "the night": "black",
+            "a tomato": "red", "an orange": "orange", "milk": "white", "a plum": "purple", "chocolate": "brown",
         },
     ),
     "opposite": (
-        ["what is the opposite of {x}?", "opposite of {x}?", "give me the opposite of {x}.", "the opposite of {x} is?"],
+        ["what is the opposite of {x}?", "opposite of {x}?"],
         {
             "hot": "cold", "big": "small", "fast": "slow", "up": "down", "day": "night", "old": "young",
-            "happy": "sad", "light": "dark", "open": "closed", "full": "empty", "early": "late", "hard": "soft",
-            "high": "low", "wet": "dry", "left": "right", "in": "out", "win": "lose", "yes": "no", "near": "far",
+            "happy": "sad", "light": "dark", "open": "closed", "full": "empty", "early": "late", "wet": "dry",
         },
     ),
     "sound": (
-        ["what sound does a {x} make?", "what does a {x} say?", "how does a {x} sound?", "a {x} says what?"],
-        {"cow": "Moo", "dog": "Woof", "cat": "Meow", "duck": "Quack", "sheep": "Baa", "owl": "Hoot", "snake": "Hiss", "lion": "Roar"},
+        ["what sound does a {x} make?", "what does a {x} say?"],
+        {"cow": "Moo", "dog": "Woof", "cat": "Meow", "duck": "Quack", "sheep": "Baa", "owl": "Hoot", "lion": "Roar"},
     ),
 }  # fmt: skip
 
 
 def _facts() -> list[_Example]:
     return [
-        _Example(template.format(x=subject), answer, template.format(x=subject), f"{kind}:{subject}")
-        for kind, (templates, table) in FACTS.items()
+        example
+        for phrasings, table in FACTS.values()
         for subject, answer in table.items()
-        for template in templates
+        for phrasing in phrasings
+        for example in _dressed(phrasing.format(x=subject), answer)
     ]
 
 
@@ -185,27 +162,28 @@ def make_synthetic_chat(
 ) -> tuple[list[list[dict]], list[HeldOutQuestion]]:
     """(training conversations, held-out questions), the same for the same arguments.
 
-    The held-out questions are spread evenly over the families; no held-out question appears in training.
+    The held-out questions are spread evenly over the families; none appears in training, but each one's core
+    question does, under other dress.
     """
     rng = random.Random(seed)
     train_pools, heldout = {}, []
     for f, (family, make_examples) in enumerate(FAMILIES.items()):
-        by_unit = {}  # hold-out unit -> its examples (arithmetic: every phrasing of one number pair)
-        for example in make_examples():
-            by_unit.setdefault(example.holdout_unit, []).append(example)
+        examples = make_examples()
         count = num_heldout // len(FAMILIES) + (f < num_heldout % len(FAMILIES))
-        held_units = _choose_heldout_units(by_unit, count, rng)
-        train_pools[family] = [e for unit, examples in by_unit.items() if unit not in held_units for e in examples]
-        for unit in held_units:
-            example = rng.choice(by_unit[unit])
-            prompt = _with_system_prompt([{"role": "user", "content": example.question}], rng)
+        held = _choose_heldout(examples, count, rng)
+        train_pools[family] = [e for e in examples if e.question not in held]
+        for question in held:
+            example = held[question]
+            prompt = _with_system_prompt([{"role": "user", "content": question}], rng)
             heldout.append(HeldOutQuestion(prompt, example.answer, family))
+    # Families with more distinct core questions need more examples: sample each in proportion to sqrt(#cores).
     families = list(train_pools)
+    weights = [len({e.core for e in train_pools[family]}) ** 0.5 for family in families]
     conversations = []
     for _ in range(num_train):
         messages = []
         for _turn in range(1 + (rng.random() < SECOND_TURN_RATE)):
-            example = rng.choice(train_pools[rng.choice(families)])
+            example = rng.choice(train_pools[rng.choices(families, weights)[0]])
             messages += [
                 {"role": "user", "content": example.question},
                 {"role": "assistant", "content": example.answer},
@@ -214,25 +192,18 @@ def make_synthetic_chat(
     return conversations, heldout
 
 
-def _choose_heldout_units(by_unit: dict[str, list[_Example]], count: int, rng: random.Random) -> list[str]:
-    """`count` random hold-out units, skipping any that would take a fact's last phrasing out of training."""
-    phrasings_left = {}  # fact -> how many of its phrasings are still in training
-    for examples in by_unit.values():
-        for e in examples:
-            if e.fact is not None:
-                phrasings_left[e.fact] = phrasings_left.get(e.fact, 0) + 1
-    units = list(by_unit)
-    rng.shuffle(units)
-    held = []
-    for unit in units:
+def _choose_heldout(examples: list[_Example], count: int, rng: random.Random) -> dict[str, _Example]:
+    """{question: example} of `count` random examples, never taking a core's last dress out of training."""
+    dresses_left = {}  # core -> how many of its dressed questions stay in training
+    for e in examples:
+        dresses_left[e.core] = dresses_left.get(e.core, 0) + 1
+    held = {}
+    for e in rng.sample(examples, len(examples)):
         if len(held) == count:
             break
-        facts = [e.fact for e in by_unit[unit] if e.fact is not None]
-        if any(phrasings_left[fact] <= 1 for fact in facts):
-            continue
-        for fact in facts:
-            phrasings_left[fact] -= 1
-        held.append(unit)
+        if dresses_left[e.core] > 1:
+            dresses_left[e.core] -= 1
+            held[e.question] = e
     return held
 
 

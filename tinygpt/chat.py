@@ -15,6 +15,7 @@ Design notes
   the consumer abandons the generator, so an abandoned reply never keeps a CPU core busy.
 """
 
+import bisect
 import threading
 from collections.abc import Iterator
 
@@ -47,13 +48,14 @@ def build_prompt(
     def render(conversation: list[dict]) -> list[int]:
         return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
 
-    while True:
-        ids = render(system + turns)
-        if len(ids) <= max_prompt_tokens or len(turns) <= 1:
-            break
-        turns = turns[1:]
-        while len(turns) > 1 and turns[0]["role"] != "user":  # a reply without its question is noise
-            turns = turns[1:]
+    # Where the kept history may start: the beginning, or a user turn (a reply without its question is noise). The
+    # prompt only shrinks as the start moves on, so bisect for the earliest start that fits: O(log n) renders.
+    starts = sorted({0, *(i for i, turn in enumerate(turns) if turn["role"] == "user")})
+    first_fitting = bisect.bisect_left(
+        starts, True, key=lambda start: len(render(system + turns[start:])) <= max_prompt_tokens
+    )
+    turns = turns[starts[min(first_fitting, len(starts) - 1)] :]
+    ids = render(system + turns)
     if len(ids) > max_prompt_tokens and system:
         system = []
         ids = render(turns)
@@ -62,7 +64,7 @@ def build_prompt(
         overhead = len(render([{**turns[-1], "content": ""}]))
         content_ids = tokenizer.encode(turns[-1]["content"], add_special_tokens=False)
         room = max(0, max_prompt_tokens - overhead)
-        kept = tokenizer.decode(content_ids[len(content_ids) - room :] if room else [])
+        kept = tokenizer.decode(content_ids[-room:] if room else [])
         ids = render([{**turns[-1], "content": kept}])
     return ids[-max_prompt_tokens:]  # only bites when the bare template is longer than the budget
 

@@ -1,0 +1,215 @@
+"""The `tinygpt` console command: chat with a model, continue a text, push a model to the Hub, pull one.
+
+    tinygpt chat MODEL                        talk to a model, streaming; `exit` or `quit` (or Ctrl-D) ends
+    tinygpt generate MODEL --prompt TEXT      continue a plain text, streaming (--temperature 0: greedy)
+    tinygpt push DIR owner/name               upload a saved model folder to the Hub
+    tinygpt pull owner/name [DIR]             download one (into the HF cache, or into DIR)
+
+Thin on purpose: each command parses its arguments and calls the package (tinygpt.loading, tinygpt.chat,
+tinygpt.hub). MODEL is a local folder or a Hub repo id, pulled into the cache first. What a user can get wrong
+(a folder, a repo id, a token, an unreachable Hub) ends as one line on stderr and exit status 1, never a
+traceback. argparse rather than HfArgumentParser: these are subcommands with positional arguments, not
+dataclass configs.
+
+The Hub is HF_ENDPOINT (default huggingface.co). The token comes from HF_TOKEN or `hf auth login`; failing
+those, `push` asks for it with hidden input at a terminal. There is deliberately no --token flag: a command
+line is visible to every user of the machine (`ps`).
+"""
+
+import argparse
+import getpass
+import sys
+import threading
+from pathlib import Path
+
+from huggingface_hub import get_token
+from transformers import TextStreamer, set_seed
+from transformers.utils import logging as transformers_logging
+
+from .chat import generation_kwargs, stream_reply
+from .hub import HubError, pull_model, push_model, validate_repo_id
+from .loading import ModelLoadError, load_model_and_tokenizer
+
+EXIT_WORDS = ("exit", "quit")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (HubError, ModelLoadError) as error:
+        print(f"tinygpt {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinygpt",
+        description="Chat with, sample from, and share TinyGPT models. MODEL is a local folder or a Hub repo id.",
+        epilog="Hub commands use HF_ENDPOINT (default https://huggingface.co) and the token in HF_TOKEN or from "
+        "`hf auth login`; push prompts for one (hidden input) when neither is set.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = commands.add_parser("chat", help="talk to a model in the terminal", description=run_chat.__doc__)
+    chat.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (owner/name)")
+    chat.add_argument("--system_prompt", default=None, help="text put before the conversation")
+    add_sampling_arguments(chat)
+    chat.set_defaults(run=run_chat)
+
+    generate = commands.add_parser("generate", help="continue a text", description=run_generate.__doc__)
+    generate.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (owner/name)")
+    generate.add_argument("--prompt", required=True, type=non_empty, help="the text to continue")
+    add_sampling_arguments(generate)
+    generate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    generate.set_defaults(run=run_generate)
+
+    push = commands.add_parser("push", help="upload a saved model folder to the Hub", description=run_push.__doc__)
+    push.add_argument(
+        "model_dir", metavar="DIR", help="folder holding model.safetensors, config.json and the tokenizer"
+    )
+    push.add_argument("repo_id", metavar="owner/name", help="Hub repo to upload to (created if missing)")
+    push.add_argument(
+        "--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)"
+    )
+    push.add_argument("--commit_message", default=None, help='commit message (default "Upload TinyGPT model")')
+    push.set_defaults(run=run_push)
+
+    pull = commands.add_parser("pull", help="download a model from the Hub", description=run_pull.__doc__)
+    pull.add_argument("repo_id", metavar="owner/name", help="Hub repo to download")
+    pull.add_argument(
+        "local_dir", metavar="DIR", nargs="?", default=None, help="folder to put it in (default: the HF cache)"
+    )
+    pull.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    pull.set_defaults(run=run_pull)
+    return parser
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top_k", type=non_negative_int, default=None, help="sample from the k likeliest tokens only")
+    parser.add_argument(
+        "--top_p", type=probability, default=None, help="sample from the smallest set holding this much probability"
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=positive_int, default=256, help="longest reply, in tokens (default 256)"
+    )
+
+
+def sampling_settings(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """Chat with a model in the terminal. Replies stream as they are generated; the whole conversation is the
+    context of each reply (the oldest turns drop out when it outgrows the model's window). Type exit or quit
+    (or press Ctrl-D) to end; Ctrl-C stops a reply."""
+    model, tokenizer = load(args.model)
+    print(f"Chatting with {args.model}. Type exit or quit to end; Ctrl-C stops a reply.", flush=True)
+    messages = []
+    while True:
+        try:
+            text = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        if text.strip().lower() in EXIT_WORDS:
+            return 0
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        print("tinygpt> ", end="", flush=True)
+        reply, stop = "", threading.Event()
+        try:
+            for reply_so_far in stream_reply(
+                model, tokenizer, messages, system_prompt=args.system_prompt, stop_event=stop, **sampling_settings(args)
+            ):
+                print(reply_so_far[len(reply) :], end="", flush=True)  # only the new text
+                reply = reply_so_far
+        except KeyboardInterrupt:
+            stop.set()
+            print(" [stopped]", end="")
+        print(flush=True)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Continue a plain text (no chat template), printing the new text as it is generated."""
+    model, tokenizer = load(args.model)
+    if args.seed is not None:
+        set_seed(args.seed)
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)  # (1, T)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)  # prints to stdout
+    model.generate(**inputs, streamer=streamer, **generation_kwargs(tokenizer, **sampling_settings(args)))
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """Upload a saved model folder to a Hub repo, creating the repo if needed: the safetensors weights,
+    config.json, generation_config.json, the tokenizer files, the code files named in auto_map, and a README.md
+    model card (generated when the folder has none). Prints the repo URL."""
+    validate_repo_id(args.repo_id)
+    token = None
+    if get_token() is None and sys.stdin.isatty():
+        token = getpass.getpass("Hub token with write access (hidden; set HF_TOKEN to skip this): ").strip() or None
+    url = push_model(
+        args.model_dir, args.repo_id, token=token, private=args.private, commit_message=args.commit_message
+    )
+    print(f"pushed {args.model_dir} to {url}")
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """Download a model from the Hub (into the HF cache, or into DIR) and check it is a TinyGPT model.
+    Prints the folder it is in."""
+    folder = pull_model(args.repo_id, revision=args.revision, local_dir=args.local_dir)
+    print(f"pulled {args.repo_id} to {folder}")
+    return 0
+
+
+def load(model: str):
+    """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first."""
+    folder = Path(model)
+    if not folder.is_dir():
+        try:
+            validate_repo_id(model)
+        except HubError:
+            raise HubError(
+                f"{model} is neither a model folder nor a Hub repo id (owner/name): check the path."
+            ) from None
+        folder = pull_model(model)
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar would only clutter the conversation
+    return load_model_and_tokenizer(folder)
+
+
+# -- argument types: a bad value is argparse's one-line usage error -----------------------------------------------
+
+
+def checked(cast, is_valid, requirement: str, name: str):
+    """An argparse type: `cast` the text, then refuse values that fail `is_valid` ("must be <requirement>")."""
+
+    def parse(text: str):
+        value = cast(text)
+        if not is_valid(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in "invalid <name> value"
+    return parse
+
+
+non_empty = checked(str, bool, "non-empty", "text")
+positive_int = checked(int, lambda value: value >= 1, "at least 1", "integer")
+non_negative_int = checked(int, lambda value: value >= 0, "0 or more", "integer")
+non_negative_float = checked(float, lambda value: value >= 0, "0 or more", "number")
+probability = checked(float, lambda value: 0 < value <= 1, "in (0, 1]", "number")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

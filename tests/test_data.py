@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from tinygpt import SPECIAL_TOKENS
+from tinygpt import SPECIAL_TOKENS, data
 from tinygpt.data import (
     DataError,
     TokenWindows,
@@ -76,6 +76,17 @@ def test_a_url_is_downloaded_through_datasets(http_folder, tmp_path):
     local = tmp_path / "local.txt"
     local.write_text("local\n", encoding="utf-8")
     assert read_text_sources([str(local), f"{base_url}/input.txt"]) == "local\n" + CORPUS
+
+
+def test_tiny_shakespeare_by_name_downloads_the_char_rnn_file(http_folder, shared_data, monkeypatch):
+    assert data.TINY_SHAKESPEARE_URL == (
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    )
+    folder, base_url = http_folder  # the same file, served from 127.0.0.1 instead of GitHub
+    (folder / "input.txt").write_bytes((shared_data / "tinyshakespeare.txt").read_bytes())
+    monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"{base_url}/input.txt")
+    text = read_text_sources(dataset_name="tiny_shakespeare")
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:\nBefore we proceed any further")
 
 
 def test_a_missing_url_is_one_clear_line(http_folder):

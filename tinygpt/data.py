@@ -13,6 +13,7 @@ Design notes
   the fix, so train.py can print it without a traceback.
 """
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .tokenization_tinygpt import (
@@ -113,7 +115,7 @@ def _check_text_file(path: Path) -> None:
         raise DataError(f"{path} is not a file; pass a text file (one --text_file per file).")
     with open(path, "rb") as f:
         head = f.read(8192)
-    if not head.strip():
+    if not head:
         raise DataError(f"{path} is empty; give it some text.")
     if b"\0" in head:
         raise DataError(f"{path} is not UTF-8 text (looks binary); pass a plain text file.")
@@ -123,15 +125,13 @@ def _read_dataset_column(name: str, config: str | None, column: str, split: str)
     """The `column` of a Hub dataset, local dataset folder or local data file, one string per row."""
     path = Path(name)
     builders = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+    if path.is_file() and path.suffix not in builders:
+        raise DataError(f"{name}: cannot tell the format; use one of {', '.join(builders)} or a dataset folder.")
     try:
         if path.is_file():  # load_dataset reads folders and Hub ids by name, single files through their builder
-            if path.suffix not in builders:
-                raise DataError(f"{name}: cannot tell the format; use one of {', '.join(builders)} or a folder.")
             rows = datasets.load_dataset(builders[path.suffix], data_files=[str(path)], split=split)
         else:
             rows = datasets.load_dataset(name, config, split=split)
-    except DataError:
-        raise
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
         raise DataError(
             f"cannot load dataset {name!r} (config {config!r}, split {split!r}): {_first_line(error)}"
@@ -211,8 +211,6 @@ def _load_saved_tokenizer(folder: Path):
 
 def train_bpe_tokenizer(corpus: str | Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """GPT-2-style byte-level BPE trained on `corpus` with `tokenizers`; the chat tokens come first (ids 0-5)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise DataError(f"--bpe_vocab_size {vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS)} chat tokens.")
     bpe = Tokenizer(models.BPE())
@@ -269,10 +267,11 @@ def split_train_val(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch
 
 
 class TokenWindows(torch.utils.data.Dataset):
-    """`num_windows` random windows of block_size + 1 tokens over a 1-D token tensor; item i is {"offset": int}.
+    """`num_windows` random windows of block_size tokens over a 1-D token tensor; item i is {"offset": int}.
 
-    The offsets are drawn once from a generator seeded with `seed`, so item i is the same window in every run
-    with that seed (a resumed run sees the same data). Items hold only offsets: `WindowCollator` gathers them.
+    Offset i is a hash of (seed, i): the same window in every run with that seed (a resumed run sees the same
+    data), computed when asked for, so a million-step run holds no table of offsets. Items hold only offsets:
+    `WindowCollator` gathers the tokens.
     """
 
     def __init__(self, tokens: torch.Tensor, block_size: int, num_windows: int, seed: int = 0):
@@ -281,14 +280,18 @@ class TokenWindows(torch.utils.data.Dataset):
                 f"the corpus has {len(tokens)} tokens but a context of {block_size} needs at least {block_size + 1}; "
                 f"pass a smaller --block_size (at most {max(len(tokens) - 1, 1)}) or more text."
             )
-        generator = torch.Generator().manual_seed(seed)
-        self.offsets = torch.randint(0, len(tokens) - block_size, (num_windows,), generator=generator).tolist()
+        self.num_offsets = len(tokens) - block_size
+        self.num_windows = num_windows
+        self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.offsets)
+        return self.num_windows
 
     def __getitem__(self, i: int) -> dict:
-        return {"offset": self.offsets[i]}
+        if not 0 <= i < self.num_windows:
+            raise IndexError(f"window {i} of {self.num_windows}")
+        digest = hashlib.blake2b(f"{self.seed}:{i}".encode(), digest_size=8).digest()
+        return {"offset": int.from_bytes(digest, "little") % self.num_offsets}
 
 
 class WindowCollator:

@@ -1,0 +1,35 @@
+"""Chat with a TinyGPT model in the browser: `python app.py [--model DIR_OR_REPO] [--port 7860]`.
+
+Thin on purpose: parse the flags, then tinygpt.webui builds and serves the page.
+"""
+
+import argparse
+import sys
+
+from tinygpt.hub import HubError
+from tinygpt.loading import ModelLoadError
+from tinygpt.webui import launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default=None, help="model folder or Hub repo id (default: the first in --models_dir)"
+    )
+    parser.add_argument(
+        "--models_dir", default="runs", help="folder whose subfolders are offered as models (default: runs)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    args = parser.parse_args(argv)
+    try:
+        launch(model=args.model, models_dir=args.models_dir, host=args.host, port=args.port, share=args.share)
+    except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""`python app.py` through gradio_client, as API users see it: streaming, concurrency, long chats, bad models.
+
+The app serves the tiny model of tests/chat_fixtures.py, which answers its few questions exactly when decoding
+greedily. A gradio_client Client is one session: its /chat calls form one conversation.
+"""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+
+import pytest
+from gradio_client import Client
+
+from tests.chat_fixtures import CONVERSATIONS, REPO, running_app
+
+GREEDY = dict(system_prompt="", temperature=0, top_k=0, top_p=1, max_new_tokens=64)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def app():
+    return running_app()
+
+
+def test_chat_endpoint_streams_cumulative_partial_replies(app):
+    job = Client(app.url, verbose=False).submit(message="hi", **GREEDY, api_name="/chat")
+    partials = list(job)
+    assert len(partials) >= 3
+    assert all(later.startswith(earlier) for earlier, later in pairwise(partials))
+    assert partials[-1] == job.result() == "hello!"
+
+
+def test_eight_concurrent_clients_all_get_sensible_replies(app):
+    questions = [question for question, _ in CONVERSATIONS] * 2
+
+    def ask(question):
+        return Client(app.url, verbose=False).predict(message=question, **GREEDY, api_name="/chat")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(ask, questions))
+    assert replies == [answer for _, answer in CONVERSATIONS] * 2
+
+
+def test_a_conversation_longer_than_the_window_keeps_answering(app):
+    client = Client(app.url, verbose=False)
+    for question, answer in CONVERSATIONS * 3:  # ~12 turns, several times the 64-token window
+        assert client.predict(message=question, **GREEDY, api_name="/chat") == answer
+
+
+def test_sampling_controls_reach_the_model(app):
+    short = Client(app.url, verbose=False).predict(message="hi", **{**GREEDY, "max_new_tokens": 3}, api_name="/chat")
+    top1 = Client(app.url, verbose=False).predict(
+        message="bye", **{**GREEDY, "temperature": 1.5, "top_k": 1}, api_name="/chat"
+    )
+    assert short == "hel"  # one character a token
+    assert top1 == "goodbye!"  # top-1 sampling is greedy, whatever the temperature
+
+
+def test_model_folder_without_weights_is_one_line_error_without_traceback(app):
+    result = subprocess.run(
+        [sys.executable, "app.py", "--model", str(app.models_dir / "no-weights"), "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("app.py: error:")]
+    assert len(error_lines) == 1 and "model.safetensors" in error_lines[0]

@@ -7,7 +7,6 @@ commands are independent, so they run a few at a time (each one pays the torch +
 
 import os
 import select
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from chat_fixtures import trained_chat_model
-from fake_hub import start_fake_hub
+from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -27,21 +25,7 @@ from tinygpt.hub import push_model
 from tinygpt.loading import load_model_and_tokenizer
 
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs
-TOKEN = "hf_tinygptCliTestToken_m3Vb9"  # the fake hub's one valid token
-WRONG_TOKEN = "hf_tinygptCliWrongToken_w7Qs1"
 GENERATE_PROMPT = "<BOS><user>:how are you?<EOS><assistant>:"
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    url, stop = start_fake_hub(tmp_path_factory.mktemp("fake-hub"), TOKEN)
-    yield url
-    stop()
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    return trained_chat_model()  # answers "hi" with "hello!"
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +34,6 @@ def no_weights_dir(tmp_path_factory, model_dir):
     for name in ("config.json", "tokenizer_config.json", "vocab.json"):
         (folder / name).write_bytes((model_dir / name).read_bytes())
     return folder
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
 
 
 def cli_env(hub: str, hf_home: Path, **overrides: str) -> dict:

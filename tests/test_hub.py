@@ -7,15 +7,13 @@ imported (trust_remote_code). The console commands are in test_cli.py.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
-from chat_fixtures import trained_chat_model
-from fake_hub import start_fake_hub
+from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -23,8 +21,6 @@ from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.hub import HubError, pull_model, push_model, validate_repo_id
 from tinygpt.loading import load_model_and_tokenizer
 
-TOKEN = "hf_tinygptHubTestToken_q8Zr2"  # the fake hub's one valid token
-WRONG_TOKEN = "hf_tinygptWrongToken_x5Kp7"
 MODEL_FILES = {
     "README.md",
     "chat_template.jinja",
@@ -40,28 +36,9 @@ MODEL_FILES = {
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    url, stop = start_fake_hub(tmp_path_factory.mktemp("fake-hub"), TOKEN)
-    yield url
-    stop()
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    return trained_chat_model()  # answers "hi" with "hello!"
-
-
-@pytest.fixture(scope="module")
 def chat_repo(hub, model_dir):
     push_model(model_dir, "alice/chat", token=TOKEN, endpoint=hub, commit_message="first upload")
     return "alice/chat"
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
 
 
 def save_random_model(folder, seed: int):
@@ -105,6 +82,15 @@ def test_pull_gets_identical_files_at_the_requested_revision(hub, model_dir, tmp
     assert (latest / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()
     assert (first / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
     assert {path.name for path in first.iterdir()} == MODEL_FILES
+
+
+def test_pull_never_overwrites_a_folder_it_did_not_fill(hub, chat_repo, tmp_path):
+    (tmp_path / "config.json").write_text("mine")
+    with pytest.raises(HubError, match="already exists and is not an earlier pull"):
+        pull_model(chat_repo, local_dir=tmp_path, endpoint=hub)
+    assert (tmp_path / "config.json").read_text() == "mine"
+    pull_model(chat_repo, local_dir=tmp_path / "pulled", endpoint=hub)
+    assert pull_model(chat_repo, local_dir=tmp_path / "pulled", endpoint=hub) == tmp_path / "pulled"  # a refresh
 
 
 def test_private_repo_needs_the_token(hub, model_dir):
@@ -201,6 +187,12 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     import sys
 
     sys.modules["tinygpt"] = None
+    try:
+        import tinygpt
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("tinygpt is importable: the test would prove nothing")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)

@@ -33,8 +33,8 @@ from huggingface_hub.errors import (
 from .configuration_tinygpt import TinyGPTConfig
 from .loading import ModelLoadError, check_weights, load_config
 
-# A model folder's files (flat, no subfolders), as patterns. Code files come on top, from auto_map.
-MODEL_FILE_PATTERNS = [
+# The files of a saved model folder (flat, no subfolders). The code files come on top, from auto_map.
+MODEL_FILES = [
     "model.safetensors",
     "config.json",
     "generation_config.json",
@@ -126,6 +126,8 @@ def pull_model(
 ) -> Path:
     """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model; returns its folder."""
     repo_id = validate_repo_id(repo_id)
+    if local_dir is not None:
+        _check_pull_target(Path(local_dir))
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
         folder = snapshot_download(
@@ -134,7 +136,7 @@ def pull_model(
             local_dir=local_dir,
             token=token,
             endpoint=endpoint,
-            allow_patterns=[*MODEL_FILE_PATTERNS, "*.py"],
+            allow_patterns=[*MODEL_FILES, "*.py"],
         )
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -166,9 +168,16 @@ def _check_model_dir(model_dir: Path) -> TinyGPTConfig:
     return config
 
 
+def _check_pull_target(local_dir: Path) -> None:
+    """A download overwrites same-named files: only fill a new or empty folder, or refresh an earlier pull."""
+    earlier_pull = (local_dir / ".cache" / "huggingface").is_dir()  # snapshot_download's bookkeeping
+    if local_dir.exists() and not (local_dir.is_dir() and (earlier_pull or not any(local_dir.iterdir()))):
+        raise HubError(f"{local_dir} already exists and is not an earlier pull: pull into a new or empty folder.")
+
+
 def _files_to_upload(model_dir: Path, config: TinyGPTConfig) -> list[str]:
     """The model files present in the folder, plus the .py modules its auto_map entries point at."""
-    names = [name for name in MODEL_FILE_PATTERNS if (model_dir / name).is_file()]
+    names = [name for name in MODEL_FILES if (model_dir / name).is_file()]
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
     references = [
         *(getattr(config, "auto_map", None) or {}).values(),
@@ -176,8 +185,9 @@ def _files_to_upload(model_dir: Path, config: TinyGPTConfig) -> list[str]:
     ]
     for reference in references:  # "modeling_tinygpt.TinyGPTModel", or [slow, fast] for tokenizers
         for class_path in reference if isinstance(reference, list) else [reference]:
-            if class_path and (model_dir / f"{class_path.split('.')[0]}.py").is_file():
-                names.append(f"{class_path.split('.')[0]}.py")
+            code_file = f"{class_path.split('.')[0]}.py" if class_path else None
+            if code_file and (model_dir / code_file).is_file():
+                names.append(code_file)
     return sorted(set(names))
 
 
@@ -256,4 +266,4 @@ def _explain(
     )
 
 
-__all__ = ["HubError", "MODEL_FILE_PATTERNS", "pull_model", "push_model", "validate_repo_id"]
+__all__ = ["HubError", "MODEL_FILES", "pull_model", "push_model", "validate_repo_id"]

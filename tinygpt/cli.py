@@ -20,14 +20,13 @@ import argparse
 import getpass
 import sys
 import threading
-from pathlib import Path
 
 from huggingface_hub import get_token
 from transformers import TextStreamer, set_seed
 from transformers.utils import logging as transformers_logging
 
 from .chat import generation_kwargs, stream_reply
-from .hub import HubError, pull_model, push_model, validate_repo_id
+from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load_model_and_tokenizer
 
 EXIT_WORDS = ("exit", "quit")
@@ -175,15 +174,7 @@ def run_pull(args: argparse.Namespace) -> int:
 
 def load(model: str):
     """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first."""
-    folder = Path(model)
-    if not folder.is_dir():
-        try:
-            validate_repo_id(model)
-        except HubError:
-            raise HubError(
-                f"{model} is neither a model folder nor a Hub repo id (owner/name): check the path."
-            ) from None
-        folder = pull_model(model)
+    folder = local_model_folder(model)
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar would only clutter the conversation
     return load_model_and_tokenizer(folder)
 

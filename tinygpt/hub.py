@@ -13,6 +13,8 @@ Design notes
 - Token: `token=`, else `HF_TOKEN`, else the stored `hf auth login` (huggingface_hub's own lookup). It is only
   ever sent in the Authorization header: every error message is built here from the exception's type and HTTP
   status, never from the request, and is scrubbed of the token on top of that.
+- Only huggingface_hub is imported, not its HTTP client (httpx2 in hub 2.x, httpx in 1.x): its errors module
+  names the client's base exception.
 """
 
 import contextlib
@@ -20,10 +22,10 @@ import json
 import re
 from pathlib import Path
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
+    HTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
@@ -231,7 +233,7 @@ def _hub_errors(repo_id: str, endpoint: str, token: str | None, *, action: str, 
         HfHubHTTPError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
-        httpx2.TransportError,
+        HTTPError,  # a refused connection, a timeout, ...
         ConnectionError,
     ) as error:
         token = token or get_token()  # the one the request carried

@@ -1,0 +1,232 @@
+"""TinyGPTForCausalLM through its public entry points: generate (caches, padding, the sliding window), save/load,
+GPT-2 parity, and the training forward (loss, gradient checkpointing, logits_to_keep).
+
+Models are tiny and random. A larger initializer_range than the default makes a random model's greedy output
+depend on its context (with std 0.02 it repeats one token forever), so a broken cache or mask changes the text.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    TextIteratorStreamer,
+)
+
+from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+
+CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak!\n"
+NEW_TOKENS = 120
+
+
+def tiny_model(tokenizer, n_positions=192, seed=0, **overrides):
+    """A 2-layer random model over the tokenizer, vocab padded to a multiple of 64 as every new tinygpt model."""
+    torch.manual_seed(seed)
+    config = TinyGPTConfig(
+        vocab_size=-(-len(tokenizer) // 64) * 64,
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        initializer_range=0.5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+    return TinyGPTForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TinyGPTCharTokenizer.from_corpus(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_model(tokenizer)
+
+
+def greedy(model, input_ids, new_tokens=NEW_TOKENS, **kwargs):
+    """Greedy decoding of exactly `new_tokens` tokens (min_new_tokens keeps EOS from ending it early)."""
+    return model.generate(
+        input_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs
+    )  # (B, T_prompt + new_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def test_greedy_generate_is_identical_with_and_without_kv_cache(model, tokenizer):
+    prompt = tokenizer("Before we proceed", return_tensors="pt").input_ids
+    without_cache = greedy(model, prompt, use_cache=False)
+    dynamic_cache = greedy(model, prompt, past_key_values=DynamicCache(config=model.config))
+    static_cache = greedy(model, prompt, cache_implementation="static")
+
+    assert without_cache.shape == (1, prompt.shape[1] + NEW_TOKENS)
+    assert len(set(without_cache[0, prompt.shape[1] :].tolist())) > 5, "the random model should not be degenerate"
+    assert torch.equal(dynamic_cache, without_cache)
+    assert torch.equal(static_cache, without_cache)
+
+
+def test_left_padded_batch_matches_each_row_generated_alone(model, tokenizer):
+    prompts = ["Speak", "All: Speak, speak!", "hear me"]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert (batch.attention_mask == 0).any(), "the prompts must differ in length for padding to matter"
+
+    batched = model.generate(**batch, max_new_tokens=30, min_new_tokens=30, do_sample=False)
+    for row, prompt in enumerate(prompts):
+        alone = greedy(model, tokenizer(prompt, return_tensors="pt").input_ids, new_tokens=30)
+        assert torch.equal(batched[row, batch.input_ids.shape[1] :], alone[0, alone.shape[1] - 30 :]), prompt
+
+
+def reference_sliding_greedy(model, input_ids, new_tokens):
+    """The window rule of TinyGPTForCausalLM.generate as a plain loop with no cache: the context grows until it
+    fills n_positions, then is cropped to its last 3/4 and re-encoded from position 0."""
+    window, keep = model.config.n_positions, model.config.n_positions * 3 // 4
+    sequence, start = input_ids, 0
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            if sequence.shape[1] - start >= window:
+                start = sequence.shape[1] - keep
+            logits = model(sequence[:, start:], use_cache=False).logits  # (1, T_context, vocab)
+            logits[:, -1, model.config.eos_token_id] = -float("inf")  # as min_new_tokens does
+            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return sequence
+
+
+@pytest.mark.parametrize("prompt_text", ["Speak", "First Citizen:\nBefore we proceed any further, hear me"])
+def test_generation_past_the_window_slides_like_a_cropping_loop(tokenizer, prompt_text):
+    model = tiny_model(tokenizer, n_positions=24)
+    prompt = tokenizer(prompt_text, return_tensors="pt").input_ids  # the second is longer than the window
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+
+    out = greedy(model, prompt, new_tokens=60, streamer=streamer)  # several slides
+
+    assert out.shape == (1, prompt.shape[1] + 60)
+    assert torch.equal(out, reference_sliding_greedy(model, prompt, 60))
+    assert "".join(streamer) == tokenizer.decode(out[0, prompt.shape[1] :])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Save / load
+
+
+def test_save_and_load_round_trip(model, tokenizer, tmp_path):
+    model.generation_config = GenerationConfig.from_model_config(model.config)
+    model.generation_config.max_new_tokens = 77
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is TinyGPTForCausalLM
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    original_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert original_state.keys() == loaded_state.keys()
+    for name, tensor in original_state.items():
+        assert torch.equal(loaded_state[name], tensor), name
+    assert AutoConfig.from_pretrained(tmp_path).to_diff_dict() == model.config.to_diff_dict()
+    assert loaded.generation_config.max_new_tokens == 77
+    assert loaded.generation_config.eos_token_id == tokenizer.eos_token_id
+
+    loaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(loaded_tokenizer) is TinyGPTCharTokenizer
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    prompt = loaded_tokenizer("Speak", return_tensors="pt").input_ids
+    assert torch.equal(greedy(loaded.eval(), prompt, 20), greedy(model, prompt, 20))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPT-2 parity
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2)
+    return GPT2LMHeadModel(config).eval()
+
+
+def assert_same_logits_and_cached_step(ours, gpt2):
+    ids = torch.randint(0, gpt2.config.vocab_size, (2, 20))
+    next_ids = torch.randint(0, gpt2.config.vocab_size, (2, 1))
+    with torch.no_grad():
+        reference, ours_out = gpt2(ids, use_cache=True), ours(ids, use_cache=True)
+        torch.testing.assert_close(ours_out.logits, reference.logits, atol=1e-4, rtol=0)
+        reference_step = gpt2(next_ids, past_key_values=reference.past_key_values).logits  # (2, 1, vocab)
+        ours_step = ours(next_ids, past_key_values=ours_out.past_key_values).logits
+    torch.testing.assert_close(ours_step, reference_step, atol=1e-4, rtol=0)
+    full = ours(torch.cat([ids, next_ids], dim=1), use_cache=False).logits[:, -1:]
+    torch.testing.assert_close(ours_step, full, atol=1e-5, rtol=0)
+
+
+def test_from_gpt2_model_matches_gpt2_logits_and_kv_cache_step(gpt2):
+    ours = TinyGPTForCausalLM.from_gpt2(gpt2).eval()
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+    assert_same_logits_and_cached_step(ours, gpt2)
+
+
+def test_from_gpt2_accepts_a_saved_gpt2_folder(gpt2, tmp_path):
+    gpt2.save_pretrained(tmp_path)
+    assert_same_logits_and_cached_step(TinyGPTForCausalLM.from_gpt2(tmp_path).eval(), gpt2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training forward
+
+
+def loss_and_gradients(model, input_ids, labels):
+    """(loss, gradients, how often block 0 started): checkpointing runs each block again during backward."""
+    block_runs = []
+    hook = model.transformer.h[0].attn.register_forward_pre_hook(lambda *args: block_runs.append(1))
+    model.zero_grad()
+    loss = model(input_ids, labels=labels).loss
+    loss.backward()
+    hook.remove()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}, len(block_runs)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
+    model = tiny_model(tokenizer).train()  # dropout is 0.0, so training mode is deterministic
+    input_ids = tokenizer([CORPUS[:40]], return_tensors="pt").input_ids
+    plain_loss, plain_grads, plain_runs = loss_and_gradients(model, input_ids, input_ids)
+    model.gradient_checkpointing_enable()
+    checkpointed_loss, checkpointed_grads, checkpointed_runs = loss_and_gradients(model, input_ids, input_ids)
+
+    assert (plain_runs, checkpointed_runs) == (1, 2)
+
+    torch.testing.assert_close(checkpointed_loss, plain_loss, atol=1e-6, rtol=0)
+    assert plain_grads.keys() == checkpointed_grads.keys()
+    for name, grad in plain_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_logits_to_keep_one_returns_only_the_last_position(model, tokenizer):
+    input_ids = tokenizer(["Speak, speak!"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        full = model(input_ids).logits  # (1, T, vocab)
+        last = model(input_ids, logits_to_keep=1).logits
+    assert last.shape == (1, 1, model.config.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:])
+
+
+def test_labels_of_minus_100_are_ignored_by_the_loss(model, tokenizer):
+    input_ids = tokenizer(["All: Speak, speak!"], return_tensors="pt").input_ids
+    labels = input_ids.clone()
+    labels[:, :6] = -100  # e.g. the prompt part of a chat turn
+    with torch.no_grad():
+        out = model(input_ids, labels=labels)
+    # next-token prediction: position t predicts label t + 1
+    logits, targets = out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
+    manual = F.cross_entropy(logits[targets != -100], targets[targets != -100])
+    torch.testing.assert_close(out.loss, manual)
+    assert not torch.allclose(out.loss, model(input_ids, labels=input_ids).loss)

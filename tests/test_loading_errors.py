@@ -1,0 +1,184 @@
+"""Every bad input gives one clear line: bad configs, broken saved folders (through
+`tinygpt.loading.load_model_and_tokenizer`), empty prompts and too many positions, unseen characters."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM
+
+from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.loading import ModelLoadError, load_model_and_tokenizer
+
+CORPUS = "To be, or not to be: that is the question.\n"
+WINDOW = 16
+
+
+def assert_one_line(error_info, *expected_parts):
+    message = str(error_info.value)
+    assert "\n" not in message, message
+    for part in expected_parts:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TinyGPTCharTokenizer.from_corpus(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    config = TinyGPTConfig(vocab_size=64, n_positions=WINDOW, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
+    return TinyGPTForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def saved_folder(model, tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def broken_folder(saved_folder, tmp_path):
+    """A fresh copy of the good folder for a test to break."""
+    return shutil.copytree(saved_folder, tmp_path / "broken")
+
+
+def edit_config(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_config_rejects_non_positive_sizes(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer, got {value}") as error:
+        TinyGPTConfig(**{field: value})
+    assert_one_line(error)
+
+
+def test_config_rejects_n_embd_not_divisible_by_n_head():
+    with pytest.raises(ValueError) as error:
+        TinyGPTConfig(n_embd=30, n_head=4)
+    assert_one_line(error, "n_embd (30)", "n_head (4)")
+
+
+def test_config_rejects_dropout_of_one():
+    with pytest.raises(ValueError) as error:
+        TinyGPTConfig(dropout=1.0)
+    assert_one_line(error, "dropout", "1.0")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saved folders
+
+
+def test_the_good_folder_loads(saved_folder, model):
+    loaded, tokenizer = load_model_and_tokenizer(saved_folder)
+    assert not loaded.training and type(tokenizer) is TinyGPTCharTokenizer
+    assert torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)
+
+
+def test_truncated_weights(broken_folder):
+    weights = broken_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(weights), "truncated or corrupt")
+    # from_pretrained itself fails too (with the library's own traceback), never loading half a model
+    with pytest.raises((SafetensorError, OSError, ValueError)):
+        AutoModelForCausalLM.from_pretrained(broken_folder)
+
+
+def test_corrupt_weights(broken_folder):
+    weights = broken_folder / "model.safetensors"
+    weights.write_bytes(os.urandom(weights.stat().st_size))
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(weights), "truncated or corrupt")
+
+
+def test_folder_without_weights(broken_folder):
+    (broken_folder / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder), "no model.safetensors")
+
+
+def test_vocab_size_edited_in_config_json(broken_folder):
+    edit_config(broken_folder, vocab_size=128)
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, "model.safetensors", "64x32", "vocab_size=128")
+
+
+def test_tokenizer_bigger_than_the_embedding(broken_folder):
+    TinyGPTCharTokenizer.from_corpus([chr(0x4E00 + i) for i in range(100)]).save_pretrained(broken_folder)
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder), "106 tokens", "only 64 rows")
+
+
+def test_config_of_another_model_type(broken_folder):
+    edit_config(broken_folder, model_type="llama")
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, "config.json", "'llama'", "not 'tinygpt'")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"n_head": 5}, "n_head (5)"),
+        ({"n_layer": 0}, "n_layer must be a positive integer"),
+        ({"n_layer": "2"}, "'n_layer' expected int"),
+    ],
+)
+def test_bad_field_in_config_json(broken_folder, fields, expected):
+    edit_config(broken_folder, **fields)
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, "config.json", expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs to forward and generate
+
+
+@pytest.mark.parametrize("max_new_tokens", [None, 3, 2 * WINDOW], ids=["forward", "generate", "generate-sliding"])
+def test_empty_input_ids(model, tokenizer, max_new_tokens):
+    empty = tokenizer("", return_tensors="pt")  # what an empty prompt encodes to: shape (1, 0)
+    assert empty.input_ids.shape == (1, 0)
+    with pytest.raises(ValueError) as error:
+        model(**empty) if max_new_tokens is None else model.generate(**empty, max_new_tokens=max_new_tokens)
+    assert_one_line(error, "input_ids is empty")
+
+
+def test_forward_past_the_window_is_a_value_error(model):
+    with pytest.raises(ValueError) as error:
+        model(torch.zeros(1, WINDOW + 1, dtype=torch.long))
+    assert_one_line(error, f"position {WINDOW}", f"n_positions={WINDOW}")
+
+
+def test_cached_step_past_the_window_is_a_value_error(model):
+    with torch.no_grad():
+        cache = model(torch.zeros(1, WINDOW, dtype=torch.long), use_cache=True).past_key_values
+        with pytest.raises(ValueError) as error:
+            model(torch.zeros(1, 1, dtype=torch.long), past_key_values=cache)
+    assert_one_line(error, f"position {WINDOW}", "generate()")
+
+
+def test_unseen_characters_become_unk_and_generate_runs(model, tokenizer):
+    inputs = tokenizer("To be — or 不 to be", return_tensors="pt")
+    assert (inputs.input_ids == tokenizer.unk_token_id).sum() == 2
+    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert out.shape == (1, inputs.input_ids.shape[1] + 5)

@@ -1,0 +1,123 @@
+"""Batch-1 greedy decode speed: TinyGPT against Hugging Face's GPT2LMHeadModel of the same shape.
+
+The shape is nanoGPT's Shakespeare-char model (the "10.65M" one): 6 layers, 6 heads, 384 wide, a 256-token
+window, and a 65-character vocabulary plus our six special tokens, padded to a multiple of 64 as every tinygpt
+model is. GPT-2 gets random weights and TinyGPT gets the very same ones through `from_gpt2`, so both must
+produce the same tokens (checked, fp32). Every row decodes the same prompt for the same number of new tokens
+with EOS disabled, after one untimed warm-up run; the figure is the median of --repeats runs.
+
+Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
+`cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses.
+
+    python benchmarks/bench_generate.py                      # CPU, all cores
+    python benchmarks/bench_generate.py --device cuda        # bf16 on a GPU
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tinygpt import SPECIAL_TOKENS, TinyGPTForCausalLM
+from tinygpt.decoding import FastDecoder
+
+SHAKESPEARE_CHARS = 65
+VOCAB_SIZE = -(-(SHAKESPEARE_CHARS + len(SPECIAL_TOKENS)) // 64) * 64  # 71 tokens -> 128 rows
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new_tokens", type=int, default=200, help="tokens decoded per run (fixed: EOS is off)")
+    parser.add_argument("--prompt_tokens", type=int, default=32, help="prompt length; prompt + new must fit 256")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row; the median is reported")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda runs in bfloat16")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
+    args = parser.parse_args()
+    if args.prompt_tokens < 1 or args.new_tokens < 1 or args.prompt_tokens + args.new_tokens > 256:
+        parser.error("need prompt_tokens >= 1, new_tokens >= 1 and prompt_tokens + new_tokens <= 256 (the window)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    return args
+
+
+def build_models(device, dtype):
+    """(HF GPT-2, TinyGPT with the same weights), eval mode; no EOS so every run decodes the full length."""
+    torch.manual_seed(0)
+    shape = dict(vocab_size=VOCAB_SIZE, n_positions=256, n_embd=384, n_layer=6, n_head=6)
+    gpt2 = GPT2LMHeadModel(GPT2Config(**shape, bos_token_id=None, eos_token_id=None, pad_token_id=0))
+    ours = TinyGPTForCausalLM.from_gpt2(gpt2)
+    return gpt2.to(device, dtype).eval(), ours.to(device, dtype).eval()
+
+
+def median_seconds(decode, repeats, device):
+    """Median wall time of decode() after one warm-up call (which also absorbs any compilation)."""
+    decode()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        decode()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    gpt2, ours = build_models(args.device, dtype)
+    prompt = torch.randint(0, VOCAB_SIZE, (1, args.prompt_tokens), device=args.device)  # (1, T_prompt)
+    greedy = dict(max_new_tokens=args.new_tokens, do_sample=False)
+
+    outputs = {}
+
+    def generate_with(model, name, **kwargs):
+        def decode():
+            outputs[name] = model.generate(prompt, attention_mask=torch.ones_like(prompt), **greedy, **kwargs)
+
+        return decode
+
+    decoder = FastDecoder(ours)
+
+    def fast_decode():
+        outputs["fast"] = list(decoder.stream(prompt[0].tolist(), max_new_tokens=args.new_tokens))
+
+    rows = [
+        ("HF GPT2LMHeadModel.generate", generate_with(gpt2, "gpt2")),
+        ("TinyGPT generate (DynamicCache)", generate_with(ours, "ours")),
+        ('TinyGPT generate (cache="static")', generate_with(ours, "static", cache_implementation="static")),
+        ("TinyGPT FastDecoder", fast_decode),
+    ]
+    speeds = {name: args.new_tokens / median_seconds(decode, args.repeats, args.device) for name, decode in rows}
+
+    reference = outputs["gpt2"][0, args.prompt_tokens :].tolist()
+    assert len(reference) == args.new_tokens, "EOS must be off: every run decodes exactly --new_tokens"
+    same = [outputs[key][0, args.prompt_tokens :].tolist() == reference for key in ("ours", "static")]
+    same.append(outputs["fast"] == reference)
+
+    parameters = sum(p.numel() for p in ours.parameters())
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
+    device_text = f"{args.device} ({device_name}, {args.threads} threads, {str(dtype).removeprefix('torch.')})"
+    print(
+        f"batch-1 greedy decode: {parameters / 1e6:.2f}M parameters (vocab {VOCAB_SIZE}), prompt "
+        f"{args.prompt_tokens} + {args.new_tokens} new tokens, median of {args.repeats} runs after a warm-up"
+    )
+    print(f"TinyGPT rows give the same tokens as HF GPT-2: {all(same)} ({same})")
+    baseline = speeds[rows[0][0]]
+    header = f"{'name':36s} {'tok/s':>9s} {'vs HF GPT2':>10s}  {'device':40s} torch"
+    print(header)
+    print("-" * len(header))
+    for name, speed in speeds.items():
+        print(f"{name:36s} {speed:9.1f} {speed / baseline:9.2f}x  {device_text:40s} {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""What a training run leaves beside its model: loss.png, metrics.json and the model card (README.md).
+
+All three are built from the Trainer's `log_history` and one `RunSummary`, so they always agree. The model
+card goes through huggingface_hub's `ModelCard` (YAML front matter the Hub reads: library_name, pipeline_tag,
+tags, base_model); the plot through matplotlib's file-only Agg backend, so no display is ever needed.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # render to files only; must precede pyplot's import
+import matplotlib.pyplot as plt  # noqa: E402
+from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
+
+
+@dataclass
+class RunSummary:
+    """The figures of one finished run (metrics.json holds exactly these fields)."""
+
+    preset: str
+    data: str  # what was trained on, in words
+    tokenizer: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int
+    vocab_size: int
+    parameters: int  # all of them, the tied head counted once
+    parameters_without_positions: int  # nanoGPT's count: without the position embedding
+    device: str
+    precision: str
+    global_step: int
+    tokens_seen: int
+    train_loss: float | None
+    val_loss: float | None
+    val_perplexity: float | None
+    tokens_per_second: float
+    train_seconds: float
+    wall_seconds: float
+    peak_memory_bytes: int
+    peak_memory_kind: str  # "cuda allocated" or "process RSS"
+    exact_match: float | None = None  # held-out synthetic questions answered exactly (greedy decoding)
+    heldout_questions: int = 0  # how many were asked
+    init_from: str | None = None  # the model this run fine-tuned
+    chat: bool = False  # trained on conversations (the card then shows chat usage)
+    sample: str = ""
+
+
+def perplexity(loss: float | None) -> float | None:
+    return math.exp(loss) if loss is not None and loss < 50 else None
+
+
+def write_metrics(summary: RunSummary, path: Path) -> None:
+    path.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+
+
+def loss_curves(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(train, validation) lists of (step, loss) from Trainer's log_history."""
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    val = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    return train, val
+
+
+def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
+    train, val = loss_curves(log_history)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", color="tab:blue")
+    if val:
+        ax.plot(*zip(*val, strict=True), label="validation", color="tab:orange", marker="o", markersize=3)
+    ax.set(xlabel="step", ylabel="cross-entropy loss (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A {{ s.n_layer }}-layer GPT ({{ params }} parameters) trained by tinygpt's `train.py --preset {{ s.preset }}`
+on the Hugging Face Trainer.
+
+## Model
+
+| | |
+|---|---|
+| layers x heads x width | {{ s.n_layer }} x {{ s.n_head }} x {{ s.n_embd }} |
+| context window | {{ s.n_positions }} tokens |
+| vocabulary | {{ s.vocab_size }} rows ({{ s.tokenizer }} tokenizer) |
+| parameters | {{ "{:,}".format(s.parameters) }} ({{ "{:,}".format(s.parameters_without_positions) }} without position embeddings) |
+{%- if s.init_from %}
+| fine-tuned from | {{ s.init_from }} |
+{%- endif %}
+
+## Training
+
+- data: {{ s.data }}
+- {{ "{:,}".format(s.global_step) }} steps, {{ "{:,}".format(s.tokens_seen) }} tokens, on {{ s.device }} in {{ s.precision }}
+- {{ "%.1f" | format(s.train_seconds) }} s of training ({{ "%.0f" | format(s.tokens_per_second) }} tokens/s), {{ "%.1f" | format(s.wall_seconds) }} s wall in all
+
+![loss](loss.png)
+
+## Results
+
+| metric | value |
+|---|---|
+{%- if s.val_loss is not none %}
+| validation loss | {{ "%.4f" | format(s.val_loss) }} |
+{%- endif %}
+{%- if s.val_perplexity is not none %}
+| validation perplexity | {{ "%.3f" | format(s.val_perplexity) }} |
+{%- endif %}
+{%- if s.exact_match is not none %}
+| held-out exact match ({{ s.heldout_questions }} questions) | {{ "%.1f" | format(100 * s.exact_match) }}% |
+{%- endif %}
+
+A sample with the saved generation settings ({{ "greedy" if s.chat else "temperature 0.8, top-k 200" }}):
+
+```
+{{ s.sample }}
+```
+
+## Use
+
+```python
+import tinygpt  # registers the tinygpt classes; without it pass trust_remote_code=True below
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+model = AutoModelForCausalLM.from_pretrained("{{ path }}")
+tokenizer = AutoTokenizer.from_pretrained("{{ path }}")
+generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+{%- if s.chat %}
+print(generator([{"role": "user", "content": "hello"}], max_new_tokens=64)[0]["generated_text"][-1]["content"])
+{%- else %}
+print(generator({{ prompt }}, max_new_tokens=200)[0]["generated_text"])
+{%- endif %}
+```
+"""
+
+
+def model_card(summary: RunSummary, path_hint: str) -> ModelCard:
+    """The README.md of a saved model: Hub metadata up top, then shape, data, metrics, a sample and usage."""
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["tinygpt", "text-generation", f"preset-{summary.preset}"],
+        # The Hub's base_model names a repo; a local folder is only mentioned in the text.
+        base_model=summary.init_from if summary.init_from and not Path(summary.init_from).exists() else None,
+        model_name=f"tinygpt-{summary.preset}",
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
+        title=f"tinygpt-{summary.preset}",
+        params=f"{summary.parameters / 1e6:.2f}M",
+        s=summary,
+        path=path_hint,
+        prompt=json.dumps(summary.sample[:12]),  # the sample's opening as a Python string literal
+    )
+
+
+__all__ = ["RunSummary", "loss_curves", "model_card", "perplexity", "plot_losses", "write_metrics"]

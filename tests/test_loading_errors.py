@@ -10,7 +10,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM
 
-from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tests.tiny_models import tiny_model
+from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig
 from tinygpt.loading import ModelLoadError, load_model_and_tokenizer
 
 CORPUS = "To be, or not to be: that is the question.\n"
@@ -31,8 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    config = TinyGPTConfig(vocab_size=64, n_positions=WINDOW, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
-    return TinyGPTForCausalLM(config).eval()
+    return tiny_model(tokenizer, n_positions=WINDOW)  # 64 vocabulary rows
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 """TinyGPTForCausalLM through its public entry points: generate (caches, padding, the sliding window), save/load,
 GPT-2 parity, and the training forward (loss, gradient checkpointing, logits_to_keep).
 
-Models are tiny and random. A larger initializer_range than the default makes a random model's greedy output
-depend on its context (with std 0.02 it repeats one token forever), so a broken cache or mask changes the text.
+Models are tiny and random (tests/tiny_models.py).
 """
 
 import pytest
@@ -19,28 +18,11 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tests.tiny_models import tiny_model
+from tinygpt import TinyGPTCharTokenizer, TinyGPTForCausalLM
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak!\n"
 NEW_TOKENS = 120
-
-
-def tiny_model(tokenizer, n_positions=192, seed=0, **overrides):
-    """A 2-layer random model over the tokenizer, vocab padded to a multiple of 64 as every new tinygpt model."""
-    torch.manual_seed(seed)
-    config = TinyGPTConfig(
-        vocab_size=-(-len(tokenizer) // 64) * 64,
-        n_positions=n_positions,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        initializer_range=0.5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **overrides,
-    )
-    return TinyGPTForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    return tiny_model(tokenizer)
+    return tiny_model(tokenizer, n_positions=192)
 
 
 def greedy(model, input_ids, new_tokens=NEW_TOKENS, **kwargs):

@@ -4,10 +4,10 @@ chat messages, and `TextIteratorStreamer` fed by generate() in a background thre
 from threading import Thread
 
 import pytest
-import torch
 from transformers import TextIteratorStreamer, pipeline
 
-from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tests.tiny_models import save_tiny_model
+from tinygpt import TinyGPTCharTokenizer, TinyGPTForCausalLM
 
 CORPUS = "O Romeo, Romeo! wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n"
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Romeo?"}]
@@ -18,22 +18,8 @@ GREEDY = {"max_new_tokens": 40, "min_new_tokens": 40, "do_sample": False}
 def saved(tmp_path_factory):
     """(folder, model, tokenizer). vocab_size = len(tokenizer) so that every sampled id decodes to a character."""
     tokenizer = TinyGPTCharTokenizer.from_corpus(CORPUS)
-    torch.manual_seed(0)
-    config = TinyGPTConfig(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        initializer_range=0.5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = TinyGPTForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("pipeline") / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    model = save_tiny_model(folder, tokenizer, n_positions=128, vocab_size=len(tokenizer))
     return folder, model, tokenizer
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import tinygpt
-from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tests.tiny_models import save_tiny_model
+from tinygpt import TinyGPTCharTokenizer
 
 CORPUS = "O Romeo, Romeo! wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n"
 PROMPT = "O Romeo"
@@ -49,23 +50,8 @@ print(json.dumps({
 def saved(tmp_path_factory):
     """(folder, model, tokenizer): a tiny random model and its char tokenizer saved side by side."""
     tokenizer = TinyGPTCharTokenizer.from_corpus(CORPUS)
-    torch.manual_seed(0)
-    config = TinyGPTConfig(
-        vocab_size=64,
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        initializer_range=0.5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = TinyGPTForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("remote") / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, model, tokenizer
+    return folder, save_tiny_model(folder, tokenizer), tokenizer
 
 
 def test_saved_folder_carries_weights_code_and_auto_maps(saved):

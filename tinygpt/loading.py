@@ -43,6 +43,10 @@ def check_weights(name_or_path: str | os.PathLike, config: TinyGPTConfig, revisi
     try:
         weights_file = cached_file(name_or_path, "model.safetensors", revision=revision)
     except OSError as error:
+        if os.path.isdir(name_or_path):  # transformers' text would send the user to a Hub URL made of the path
+            raise ModelLoadError(
+                f"{name_or_path}: no model.safetensors; save the model there (save_pretrained) or pick its folder."
+            ) from error
         raise ModelLoadError(f"{name_or_path}: no model.safetensors ({str(error).splitlines()[0]})") from error
     try:
         with safe_open(weights_file, framework="pt") as weights:

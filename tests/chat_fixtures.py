@@ -26,6 +26,7 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 
 from tests.fake_hub import start_fake_hub
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.reporting import plot_losses
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ N_POSITIONS = 64
 
 @functools.cache
 def trained_chat_model() -> Path:
-    """Folder of a saved model + tokenizer that answers "hi" with "hello!" (greedy), plus all_results.json."""
+    """Folder of a saved model + tokenizer answering "hi" with "hello!" (greedy), with all_results.json and loss.png."""
     out_dir = Path(tempfile.mkdtemp(prefix="tinygpt-chat-model-"))
     tokenizer = TinyGPTCharTokenizer.from_corpus(q + a for q, a in CONVERSATIONS)
     config = TinyGPTConfig(
@@ -78,7 +79,7 @@ def trained_chat_model() -> Path:
         report_to="none",
         use_cpu=True,
         disable_tqdm=True,
-        logging_strategy="no",
+        logging_steps=20,
         seed=0,
     )
     trainer = Trainer(
@@ -99,6 +100,7 @@ def trained_chat_model() -> Path:
     finally:
         torch.set_num_threads(threads)
     trainer.save_model(str(out_dir))
+    plot_losses(trainer.state.log_history, out_dir / "loss.png", title="chat fixture")  # as train.py does
     return out_dir
 
 

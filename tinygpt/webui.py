@@ -161,7 +161,14 @@ def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "
                 )
                 pull_button = gr.Button("Pull and load", variant="primary", scale=1, elem_id="pull-button")
             model_info = gr.Markdown(info, elem_id="model-info")
-            loss_image = gr.Image(loss_plot, label="Training loss", type="filepath", interactive=False)
+            loss_image = gr.Image(
+                loss_plot,
+                label="Training loss",
+                type="filepath",
+                interactive=False,
+                visible=loss_plot is not None,
+                elem_id="loss-plot",
+            )
 
         with gr.Tab("Hub"):
             gr.Markdown("Push the loaded model (weights, config, tokenizer, code files and a model card).")
@@ -241,7 +248,7 @@ def _show_opened(opener, success: str):
     except (HubError, ModelLoadError) as error:
         return gr.skip(), f"Error: {error}", gr.skip(), gr.skip()
     info, loss_plot = describe_model(folder)
-    return folder, success, info, loss_plot
+    return folder, success, info, gr.Image(loss_plot, visible=loss_plot is not None)
 
 
 def push(model_folder: str | None, repo_id: str, token: str, private: bool, commit_message: str):

@@ -1,0 +1,163 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against `python app.py` and a fake Hub.
+
+Screenshots of each step go to test-artifacts/ (gitignored). Gradio pages never reach "networkidle" (the queue
+keeps a connection open), so every step waits on a locator instead. The chat textbox is #chat-input, bot
+messages are [data-testid=bot].
+"""
+
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+from playwright.sync_api import Page, expect
+
+from tests.chat_fixtures import HUB_TOKEN, REPO, running_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "test-artifacts"
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+expect.set_options(timeout=60_000)  # a busy 2-core machine can take seconds per step
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's Chromium (never `playwright install`)."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="module")
+def app():
+    return running_app()
+
+
+@pytest.fixture
+def chat_page(page: Page, app) -> Page:
+    page.goto(app.url)
+    expect(page.locator("#chat-input textarea")).to_be_editable()
+    return page
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def set_number(page: Page, elem_id: str, value) -> None:
+    """Type into a slider's number box; Gradio takes the value on blur."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.blur()
+
+
+def send(page: Page, message: str) -> None:
+    page.locator("#chat-input textarea").fill(message)
+    page.locator("#chat-input textarea").press("Enter")
+
+
+def last_reply(page: Page):
+    return page.locator("#chatbot [data-testid=bot]").last
+
+
+def test_chat_streams_a_reply_and_controls_change_it(chat_page: Page):
+    page = chat_page
+    # Record every text the newest bot message shows, to see the reply grow.
+    page.evaluate(
+        """() => {
+            window.botTexts = [];
+            new MutationObserver(() => {
+                const bots = document.querySelectorAll('#chatbot [data-testid=bot]');
+                const text = bots.length ? bots[bots.length - 1].innerText.trim() : '';
+                if (text && text !== window.botTexts.at(-1)) window.botTexts.push(text);
+            }).observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    set_number(page, "temperature", 0)
+    send(page, "how are you?")
+    expect(last_reply(page)).to_have_text("i am fine, thanks.")
+    seen = page.evaluate("window.botTexts")
+    assert len(seen) >= 3, seen  # it grew in steps: streamed, not shown at once
+    assert seen[-1] == "i am fine, thanks." and all("i am fine, thanks.".startswith(text) for text in seen), seen
+    screenshot(page, "chat-reply")
+
+    set_number(page, "max-new-tokens", 3)  # a control the reply visibly obeys
+    send(page, "hi")
+    expect(page.locator("#chatbot [data-testid=bot]")).to_have_count(2)
+    expect(last_reply(page)).to_have_text("hel")  # greedy "hello!" cut to 3 characters
+    screenshot(page, "chat-max-new-tokens")
+
+
+def test_push_to_the_hub_then_pull_it_back(chat_page: Page, app):
+    page = chat_page
+    page.get_by_role("tab", name="Hub").click()
+    page.locator("#push-repo textarea, #push-repo input").first.fill("tester/chat-model")
+    page.locator("#push-token input").fill(HUB_TOKEN)
+    page.locator("#push-message textarea, #push-message input").first.fill("browser push")
+    page.locator("#push-button").click()
+    expect(page.locator("#push-status")).to_contain_text(f"to {app.hub_url}/tester/chat-model", timeout=120_000)
+    expect(page.locator("#push-status")).to_contain_text("Pushed")
+    expect(page.locator("#push-token input")).to_have_value("")  # the token is cleared from the page
+    screenshot(page, "hub-pushed")
+    files = HfApi(endpoint=app.hub_url).list_repo_files("tester/chat-model")
+    assert {"model.safetensors", "config.json", "vocab.json", "modeling_tinygpt.py", "README.md"} <= set(files)
+
+    page.get_by_role("tab", name="Model").click()
+    page.locator("#pull-repo textarea, #pull-repo input").first.fill("tester/chat-model")
+    page.locator("#pull-button").click()
+    expect(page.locator("#model-status")).to_contain_text("Pulled and loaded tester/chat-model", timeout=120_000)
+    expect(page.locator("#model-info")).to_contain_text("TinyGPTCharTokenizer")
+    expect(page.locator("#loss-plot")).to_be_hidden()  # loss.png stays home: only model files are pushed
+    screenshot(page, "model-pulled")
+
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "temperature", 0)
+    send(page, "bye")
+    expect(last_reply(page)).to_have_text("goodbye!")  # the pulled copy answers like the original
+    assert HUB_TOKEN not in page.content()
+    assert HUB_TOKEN not in app.log.read_text()
+
+
+def test_errors_are_one_line_messages_and_the_app_keeps_serving(chat_page: Page, app):
+    page = chat_page
+    page.get_by_role("tab", name="Hub").click()
+    repo_box = page.locator("#push-repo textarea, #push-repo input").first
+    status = page.locator("#push-status")
+    for repo_id, token, message in [
+        ("not a repo id", HUB_TOKEN, "is not a Hub repo id"),
+        ("tester/chat-model", "hf_wrong_token", "refused the token (401"),
+        ("tester/server-error", HUB_TOKEN, "server error (500)"),
+    ]:
+        repo_box.fill(repo_id)
+        page.locator("#push-token input").fill(token)
+        page.locator("#push-button").click()
+        expect(status).to_contain_text(message, timeout=120_000)
+        expect(page.locator("#push-token input")).to_have_value("")
+    screenshot(page, "hub-error")
+
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#model-info")).to_contain_text("parameters")  # the model the app started with
+    expect(page.locator("#model-info")).to_contain_text("eval loss: 0.")  # from its all_results.json
+    expect(page.locator("#loss-plot img")).to_be_visible()  # its loss.png
+    page.locator("#pull-repo textarea, #pull-repo input").first.fill("tester/missing")
+    page.locator("#pull-button").click()
+    expect(page.locator("#model-status")).to_contain_text("tester/missing was not found", timeout=120_000)
+    page.locator("#local-model input").fill(str(app.models_dir / "no-weights"))
+    page.locator("#local-model input").press("Enter")
+    page.locator("#load-button").click()
+    expect(page.locator("#model-status")).to_contain_text("no model.safetensors")
+    screenshot(page, "model-error")
+
+    page.get_by_role("tab", name="Chat").click()  # the session still chats with the model it had
+    set_number(page, "temperature", 0)
+    send(page, "hi")
+    expect(last_reply(page)).to_have_text("hello!")
+    assert "hf_wrong_token" not in app.log.read_text() and HUB_TOKEN not in app.log.read_text()

@@ -104,8 +104,8 @@ def main():
     same.append(outputs["fast"] == reference)
 
     parameters = sum(p.numel() for p in ours.parameters())
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
-    device_text = f"{args.device} ({device_name}, {args.threads} threads, {str(dtype).removeprefix('torch.')})"
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()}, {args.threads} threads"
+    device_text = f"{args.device} ({where}, {str(dtype).removeprefix('torch.')})"
     print(
         f"batch-1 greedy decode: {parameters / 1e6:.2f}M parameters (vocab {VOCAB_SIZE}), prompt "
         f"{args.prompt_tokens} + {args.new_tokens} new tokens, median of {args.repeats} runs after a warm-up"

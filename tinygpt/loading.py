@@ -22,12 +22,24 @@ class ModelLoadError(ValueError):
 
 
 def load_config(name_or_path: str | os.PathLike, revision: str | None = None) -> TinyGPTConfig:
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise ModelLoadError(
+            f"{name_or_path}: no config.json in this folder; point at a folder written by save_pretrained or train.py."
+        )
+    if not os.path.exists(name_or_path) and (
+        str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/"))
+    ):
+        raise ModelLoadError(f"{name_or_path}: no such folder, and not a Hub repo id of the form owner/name.")
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except ValueError as error:  # includes unknown model types; check the raw field for a friendlier line
-        raise ModelLoadError(f"{name_or_path}: config.json is not a tinygpt config ({str(error).splitlines()[0]})") from error
+        raise ModelLoadError(
+            f"{name_or_path}: config.json is not a tinygpt config ({str(error).splitlines()[0]})"
+        ) from error
     except StrictDataclassError as error:  # a field of the wrong type, e.g. "n_layer": "2"; the last line names it
-        raise ModelLoadError(f"{name_or_path}: config.json has a bad field ({str(error).splitlines()[-1].strip()})") from error
+        raise ModelLoadError(
+            f"{name_or_path}: config.json has a bad field ({str(error).splitlines()[-1].strip()})"
+        ) from error
     except OSError as error:
         raise ModelLoadError(f"{name_or_path}: no config.json found ({str(error).splitlines()[0]})") from error
     if config.model_type != TinyGPTConfig.model_type:

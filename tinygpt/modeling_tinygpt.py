@@ -124,7 +124,10 @@ class TinyGPTPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # register_for_auto_class puts only the saved class in auto_map; name the base model as well so that
         # AutoModel.from_pretrained(..., trust_remote_code=True) works on machines without tinygpt too.
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": "modeling_tinygpt.TinyGPTModel"}
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": "modeling_tinygpt.TinyGPTModel",
+        }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -168,18 +171,8 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
 
         if position_ids is None:
-            last_position = past_length + T - 1  # a Python int except for static caches (a 0-d tensor)
             position_ids = (torch.arange(T, device=inputs_embeds.device) + past_length).unsqueeze(0)  # (1, T)
-        else:
-            last_position = position_ids.max()
-        # Checked eagerly, where it costs nothing; a compiled graph is only ever reached through generate(),
-        # which keeps every chunk inside the window.
-        if not torch.compiler.is_compiling() and last_position >= self.config.n_positions:
-            raise ValueError(
-                f"TinyGPT: position {int(last_position)} is past the context window (n_positions="
-                f"{self.config.n_positions}); pass at most {self.config.n_positions} tokens including the cache, "
-                "or use generate(), which slides the window."
-            )
+        self._check_window(position_ids, past_length, T)
 
         mask = create_causal_mask(
             config=self.config,
@@ -194,6 +187,28 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
             x = block(x, attention_mask=mask, past_key_values=past_key_values)
         x = self.ln_f(x)
         return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+
+    def _check_window(self, position_ids, past_length, T):
+        """A clear ValueError instead of an index error (or a CUDA device assert) in `wpe` past the window.
+
+        Never costs a host-device sync: CPU positions are read directly; on accelerators the cache length plus
+        the new tokens bounds them (positions count tokens, padding aside). Compiled graphs skip the check:
+        they are only reached through generate() / FastDecoder, which keep every step inside the window.
+        """
+        if torch.compiler.is_compiling():
+            return
+        if position_ids.device.type == "cpu":
+            last_position = int(position_ids.max())
+        elif isinstance(past_length, int):
+            last_position = past_length + T - 1
+        else:  # a static cache on an accelerator: its fixed length bounds the positions
+            return
+        if last_position >= self.config.n_positions:
+            raise ValueError(
+                f"TinyGPT: position {last_position} is past the context window (n_positions="
+                f"{self.config.n_positions}); pass at most {self.config.n_positions} tokens including the cache, "
+                "or use generate(), which slides the window."
+            )
 
 
 class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
@@ -275,7 +290,9 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         attention_mask = model_kwargs.pop("attention_mask", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        eos_ids = torch.as_tensor(config.eos_token_id if config.eos_token_id is not None else [], device=input_ids.device).flatten()
+        eos_ids = torch.as_tensor(
+            config.eos_token_id if config.eos_token_id is not None else [], device=input_ids.device
+        ).flatten()
         pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0].item() if len(eos_ids) else 0)
         chunk_streamer = _ContinuationStreamer(streamer) if streamer is not None else None
 

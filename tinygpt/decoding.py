@@ -58,6 +58,10 @@ class FastDecoder:
         self.temperature = torch.zeros((1, 1), device=self.device)
         self.top_k = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.top_p = torch.ones((1, 1), device=self.device)
+        if self.device.type == "cuda":  # two host slots, so the GPU can run one token ahead of the reader
+            self.host_tokens = torch.zeros(2, dtype=torch.long, pin_memory=True)
+            self.copied = [torch.cuda.Event(), torch.cuda.Event()]
+            self.slot = 0
         # A CUDA graph cannot hold forward's eager position check (a host sync): it needs the compiled step.
         use_compile = self.device.type == "cuda" if compile is None else compile
         self.advance = torch.compile(self._advance, fullgraph=True) if use_compile else self._advance
@@ -92,6 +96,7 @@ class FastDecoder:
         self.token.copy_(self._sample(ids, torch.arange(len(context), device=self.device)))
         self.position.fill_(len(context))
 
+    @torch.no_grad()
     def _capture(self):
         """Record one decode step as a CUDA graph: afterwards each token costs one graph launch."""
         self._prefill([0])  # allocates the cache
@@ -127,20 +132,43 @@ class FastDecoder:
         tokens = list(prompt_ids)
         context = tokens[-(self.window - 1) :] if len(tokens) >= self.window else tokens
         self._prefill(context)
-        position = len(context)  # host copy of self.position
-        for _ in range(max_new_tokens):
-            token_id = int(self.token)  # the one host sync per token: the caller needs the id to stream it
+        position = len(context)  # where self.token (computed, not yet read) will be fed
+        pending = self._copy_out()
+        for produced in range(1, max_new_tokens + 1):
+            # Queue the next step before reading this token: the GPU computes token n+1 while the host waits
+            # for token n, streams it and checks for a stop. A step wasted after a stop costs nothing visible.
+            step_ahead = position < self.window and produced < max_new_tokens
+            if step_ahead:
+                self.graph.replay() if self.graph is not None else self.advance()
+                position += 1
+                following = self._copy_out()
+            token_id = self._read(pending)
             if token_id in stop_ids or (stop_event is not None and stop_event.is_set()):
                 return
             yield token_id
             tokens.append(token_id)
-            if position >= self.window:  # window full: re-encode the most recent tokens and go on
+            if step_ahead:
+                pending = following
+            elif produced < max_new_tokens:  # window full: re-encode the most recent tokens and go on
                 context = tokens[-keep:]
                 self._prefill(context)
                 position = len(context)
-            else:
-                self.graph.replay() if self.graph is not None else self.advance()
-                position += 1
+                pending = self._copy_out()
+
+    def _copy_out(self):
+        """Start moving the newest token (self.token) to the host; returns what `_read` needs to get it."""
+        if self.device.type != "cuda":
+            return int(self.token)
+        self.slot = 1 - self.slot
+        self.host_tokens[self.slot].copy_(self.token.view(()), non_blocking=True)
+        self.copied[self.slot].record()
+        return self.slot
+
+    def _read(self, pending) -> int:
+        if self.device.type != "cuda":
+            return pending
+        self.copied[pending].synchronize()  # waits for that token's step only, not the one queued after it
+        return int(self.host_tokens[pending])
 
 
 __all__ = ["FastDecoder", "sample_next_token"]

@@ -1,0 +1,207 @@
+"""Chat latency on this machine: time to first token and tokens/s for 1 and 8 concurrent chats.
+
+Measured two ways, both after one untimed warm-up chat:
+- direct: `tinygpt.chat.stream_reply` called from N threads at once (the engine alone);
+- app: `python app.py --model MODEL` on a free port, with N gradio_client clients streaming from `/chat` at once
+  (queue, HTTP and server-sent events included: what a browser user waits for).
+
+Each of the N clients holds one conversation of --turns turns, asking the same question each turn (the history
+grows and is trimmed to the window), at temperature 0.8 with at most --max_new_tokens new tokens. Through the
+app a client is one gradio_client session, so its first turn also pays for opening the session's event
+stream, as a new browser tab's first message does. Time to first token (TTFT) is the wait
+from the request to the first streamed text; decode tokens/s is per reply, after its first token; total
+tokens/s is all replies' tokens over the wall time. Tokens are counted by re-tokenizing each reply (the app
+sends at most ~20 updates a second, so updates are not tokens). Target: p95 TTFT <= 300 ms with 8 concurrent chats.
+
+MODEL defaults to runs/tiny (what `python train.py` writes by default); where it is absent a model of the
+"tiny" preset's shape with random weights stands in (replies are noise, timings are representative, though
+a random model stops at <EOS> at random).
+
+    python benchmarks/bench_chat.py                   # runs/tiny, 1 and 8 chats, direct and through the app
+    python benchmarks/bench_chat.py runs/my-model --concurrency 1 4 8 --skip_app
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt.chat import stream_reply
+from tinygpt.loading import load_model_and_tokenizer
+from tinygpt.presets import PRESETS
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "hello! what can you tell me about the weather today?"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="runs/tiny", help="model folder (default runs/tiny)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="concurrent chats (default 1 8)")
+    parser.add_argument("--turns", type=int, default=4, help="turns of each client's conversation")
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="longest reply, in tokens")
+    parser.add_argument("--skip_app", action="store_true", help="measure stream_reply only, not through the app")
+    return parser.parse_args()
+
+
+def model_folder(requested: str) -> str:
+    """`requested` if it holds a model, else a random model of the tiny preset's shape saved to a temp folder."""
+    if (Path(requested) / "config.json").is_file():
+        return requested
+    preset = PRESETS["tiny"]
+    tokenizer = TinyGPTCharTokenizer.from_corpus(string.printable)
+    config = TinyGPTConfig(
+        vocab_size=-(-len(tokenizer) // 64) * 64,
+        n_positions=preset.block_size,
+        n_embd=preset.n_embd,
+        n_layer=preset.n_layer,
+        n_head=preset.n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tempfile.mkdtemp(prefix="bench-chat-model-")
+    torch.manual_seed(0)
+    TinyGPTForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    print(f"{requested} holds no model: using a random model of the 'tiny' preset's shape ({folder})")
+    return folder
+
+
+def timed_stream(partials) -> tuple[float, str, float]:
+    """(seconds to the first text, the whole reply, seconds from the first text to the last) of one stream."""
+    start = time.perf_counter()
+    first = last = None
+    reply = ""
+    for partial in partials:
+        last = time.perf_counter()
+        first = first or last
+        reply = partial
+    if first is None:  # nothing streamed: count the whole wait as time to first token
+        first = last = time.perf_counter()
+    return first - start, reply, last - first
+
+
+def run_clients(n_clients: int, turns: int, new_conversation) -> tuple[list[tuple[float, str, float]], float]:
+    """n_clients threads at once, each taking `turns` turns of `new_conversation()` (a function of a message that
+    streams the reply); returns every turn's timed_stream and the wall seconds."""
+    results, lock = [], threading.Lock()
+    start_line = threading.Barrier(n_clients)
+    conversations = [new_conversation() for _ in range(n_clients)]  # connected before the clock starts
+
+    def client(take_turn):
+        start_line.wait()
+        for _ in range(turns):
+            result = timed_stream(take_turn(QUESTION))
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=client, args=(take_turn,)) for take_turn in conversations]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, time.perf_counter() - start
+
+
+def report(label: str, n_clients: int, tokenizer, results, wall: float) -> None:
+    ttfts_ms = sorted(ttft * 1000 for ttft, _, _ in results)
+    p95 = ttfts_ms[min(len(ttfts_ms) - 1, round(0.95 * (len(ttfts_ms) - 1)))]
+    tokens = [len(tokenizer.encode(reply, add_special_tokens=False)) for _, reply, _ in results]
+    decode = [(n - 1) / seconds for n, (_, _, seconds) in zip(tokens, results, strict=True) if n > 1 and seconds > 0]
+    print(
+        f"{label:<7}{n_clients:>6}{len(results):>8}{statistics.median(ttfts_ms):>10.0f}{p95:>10.0f}"
+        f"{max(ttfts_ms):>10.0f}{statistics.median(decode) if decode else float('nan'):>14.1f}"
+        f"{sum(tokens) / wall:>13.1f}{sum(tokens) / len(results):>11.1f}"
+    )
+
+
+def bench_direct(folder: str, args) -> None:
+    model, tokenizer = load_model_and_tokenizer(folder)
+
+    def new_conversation():
+        messages = []
+
+        def take_turn(message):
+            messages.append({"role": "user", "content": message})
+            reply = ""
+            for reply in stream_reply(model, tokenizer, messages, temperature=0.8, max_new_tokens=args.max_new_tokens):
+                yield reply
+            messages.append({"role": "assistant", "content": reply})
+
+        return take_turn
+
+    timed_stream(new_conversation()("warm-up"))
+    for n_clients in args.concurrency:
+        report("direct", n_clients, tokenizer, *run_clients(n_clients, args.turns, new_conversation))
+
+
+def bench_app(folder: str, args) -> None:
+    from gradio_client import Client
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
+    command = [sys.executable, "app.py", "--model", folder, "--port", str(port)]
+    app = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            if app.poll() is not None:
+                raise SystemExit(f"app.py exited with {app.returncode}: {app.stderr.read()[-2000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        settings = dict(system_prompt="", temperature=0.8, top_k=0, top_p=1, max_new_tokens=args.max_new_tokens)
+
+        def new_conversation():
+            client = Client(url, verbose=False)  # one session: the app keeps its history
+            return lambda message: client.submit(message=message, **settings, api_name="/chat")
+
+        timed_stream(new_conversation()("warm-up"))
+        for n_clients in args.concurrency:
+            report("app", n_clients, tokenizer, *run_clients(n_clients, args.turns, new_conversation))
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
+
+def main():
+    args = parse_args()
+    folder = model_folder(args.model)
+    load = os.getloadavg()
+    print(
+        f"model {folder}; {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (other work on the machine slows every figure)"
+    )
+    print(f"{args.turns} turns per client, up to {args.max_new_tokens} new tokens, temperature 0.8")
+    print(
+        f"{'path':<7}{'chats':>6}{'replies':>8}{'TTFT p50':>10}{'TTFT p95':>10}{'TTFT max':>10}"
+        f"{'decode tok/s':>14}{'total tok/s':>13}{'tok/reply':>11}"
+    )
+    bench_direct(folder, args)
+    if not args.skip_app:
+        bench_app(folder, args)
+    print("TTFT in ms; decode tok/s: median per reply after its first token; total tok/s: all replies over wall time")
+
+
+if __name__ == "__main__":
+    main()

@@ -37,10 +37,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt import TinyGPTCharTokenizer
 from tinygpt.chat import stream_reply
 from tinygpt.loading import load_model_and_tokenizer
 from tinygpt.presets import PRESETS
+from tinygpt.training import ModelArguments, new_model
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "hello! what can you tell me about the weather today?"
@@ -62,19 +63,17 @@ def model_folder(requested: str) -> str:
         return requested
     preset = PRESETS["tiny"]
     tokenizer = TinyGPTCharTokenizer.from_corpus(string.printable)
-    config = TinyGPTConfig(
-        vocab_size=-(-len(tokenizer) // 64) * 64,
-        n_positions=preset.block_size,
-        n_embd=preset.n_embd,
+    shape = ModelArguments(
         n_layer=preset.n_layer,
         n_head=preset.n_head,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        n_embd=preset.n_embd,
+        block_size=preset.block_size,
+        dropout=preset.dropout,
+        bias=preset.bias,
     )
     folder = tempfile.mkdtemp(prefix="bench-chat-model-")
     torch.manual_seed(0)
-    TinyGPTForCausalLM(config).save_pretrained(folder)
+    new_model(tokenizer, shape).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     print(f"{requested} holds no model: using a random model of the 'tiny' preset's shape ({folder})")
     return folder

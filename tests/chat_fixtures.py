@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
 from tests.fake_hub import start_fake_hub
-from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
+from tinygpt import TinyGPTCharTokenizer
 from tinygpt.reporting import plot_losses
+from tinygpt.training import ModelArguments, new_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,16 +45,7 @@ def trained_chat_model() -> Path:
     """Folder of a saved model + tokenizer answering "hi" with "hello!" (greedy), with all_results.json and loss.png."""
     out_dir = Path(tempfile.mkdtemp(prefix="tinygpt-chat-model-"))
     tokenizer = TinyGPTCharTokenizer.from_corpus(q + a for q, a in CONVERSATIONS)
-    config = TinyGPTConfig(
-        vocab_size=(len(tokenizer) + 63) // 64 * 64,
-        n_positions=N_POSITIONS,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    shape = ModelArguments(n_layer=2, n_head=4, n_embd=64, block_size=N_POSITIONS, dropout=0.0, bias=True)
     # Every question alone, after every other one and after every two others, so replies do not depend on the turns
     # before them or on where in the window they start.
     chats = [list(chat) for turns in (1, 2, 3) for chat in itertools.product(CONVERSATIONS, repeat=turns)]
@@ -82,8 +74,9 @@ def trained_chat_model() -> Path:
         logging_steps=20,
         seed=0,
     )
+    set_seed(0)  # the same initial weights every run, so the same learned replies
     trainer = Trainer(
-        model=TinyGPTForCausalLM(config),
+        model=new_model(tokenizer, shape),  # as train.py builds a model from its tokenizer
         args=args,
         train_dataset=dataset,
         eval_dataset=dataset.select(range(len(CONVERSATIONS))),

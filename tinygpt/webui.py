@@ -110,6 +110,7 @@ def describe_model(folder: str | None) -> tuple[str, str | None]:
 def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "runs") -> gr.Blocks:
     """The Blocks page; `model_folder` (an already opened folder, see open_model) is every new session's model."""
     info, loss_plot = describe_model(model_folder)
+    local = local_models(models_dir)
 
     with gr.Blocks(title="tinygpt", analytics_enabled=False) as demo:
         current_model = gr.State(model_folder)  # per session: the folder this session chats with
@@ -144,8 +145,8 @@ def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "
             model_status = gr.Markdown(elem_id="model-status")
             with gr.Row():
                 local_choice = gr.Dropdown(
-                    local_models(models_dir),
-                    value=model_folder if model_folder in local_models(models_dir) else None,
+                    local,
+                    value=model_folder if model_folder in local else None,
                     label=f"Local model (folders in {models_dir} holding config.json)",
                     allow_custom_value=True,
                     elem_id="local-model",
@@ -204,13 +205,13 @@ def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "
 
 
 def chat(message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder):
-    """ChatInterface's function: yields the reply so far."""
+    """Reply to `message` in this session's conversation; streams the reply so far (the chat's API endpoint)."""
     if model_folder is None:
-        raise gr.Error("No model loaded: choose or pull one in the Model tab.")
+        raise gr.Error("No model loaded: choose or pull one in the Model tab.", print_exception=False)
     try:
         model, tokenizer = load_model(model_folder)
     except ModelLoadError as error:
-        raise gr.Error(str(error)) from None
+        raise gr.Error(str(error), print_exception=False) from None
     yield from stream_reply(
         model,
         tokenizer,

@@ -1,27 +1,30 @@
 """Chat latency on this machine: time to first token and tokens/s for 1 and 8 concurrent chats.
 
-Measured two ways, both after one untimed warm-up chat:
+Measured three ways, each after one untimed warm-up chat:
 - direct: `tinygpt.chat.stream_reply` called from N threads at once (the engine alone);
-- app: `python app.py --model MODEL` on a free port, with N gradio_client clients streaming from `/chat` at once
-  (queue, HTTP and server-sent events included: what a browser user waits for).
+- http: `python app.py --model MODEL` on a free port, N threads streaming from its `/chat` endpoint over
+  Gradio's plain HTTP API (queue, HTTP and server-sent events included: what a browser user waits for);
+- client: the same app through N gradio_client sessions. gradio_client is heavy Python running on the same
+  cores as the app, so these rows also time the client; compare them with "http".
 
-Each of the N clients holds one conversation of --turns turns, asking the same question each turn (the history
-grows and is trimmed to the window), at temperature 0.8 with at most --max_new_tokens new tokens. Through the
-app a client is one gradio_client session, so its first turn also pays for opening the session's event
-stream, as a new browser tab's first message does. Time to first token (TTFT) is the wait
-from the request to the first streamed text; decode tokens/s is per reply, after its first token; total
-tokens/s is all replies' tokens over the wall time. Tokens are counted by re-tokenizing each reply (the app
-sends at most ~20 updates a second, so updates are not tokens). Target: p95 TTFT <= 300 ms with 8 concurrent chats.
+Each of the N clients holds one conversation of --turns turns, asking the same question each turn, at
+temperature 0.8 with at most --max_new_tokens new tokens. Directly and through gradio_client the history grows
+(trimmed to the window); the plain HTTP API keeps none, so there every turn is a one-message chat. A
+gradio_client session's first turn also pays for opening its event stream. Time to first token (TTFT) is the
+wait from the request to the first streamed text; decode tokens/s is per reply, after its first token; total
+tokens/s is all replies' tokens over the wall time. Tokens are counted by re-tokenizing each reply. Target:
+p95 TTFT <= 300 ms with 8 concurrent chats.
 
 MODEL defaults to runs/tiny (what `python train.py` writes by default); where it is absent a model of the
 "tiny" preset's shape with random weights stands in (replies are noise, timings are representative, though
 a random model stops at <EOS> at random).
 
-    python benchmarks/bench_chat.py                   # runs/tiny, 1 and 8 chats, direct and through the app
+    python benchmarks/bench_chat.py                   # runs/tiny: 1 and 8 chats, direct, http and client
     python benchmarks/bench_chat.py runs/my-model --concurrency 1 4 8 --skip_app
 """
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -149,35 +152,59 @@ def bench_direct(folder: str, args) -> None:
 
 
 def bench_app(folder: str, args) -> None:
+    import httpx
     from gradio_client import Client
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
     command = [sys.executable, "app.py", "--model", folder, "--port", str(port)]
-    app = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile()
+    app = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    inputs = dict(system_prompt="", temperature=0.8, top_k=0, top_p=1, max_new_tokens=args.max_new_tokens)
+
+    def http_conversation():
+        """Gradio's plain HTTP API (the one `curl` uses): POST the inputs, then read the reply's server-sent events.
+        It keeps no history: every turn is a one-message chat."""
+        http = httpx.Client(timeout=300)
+
+        def take_turn(message):
+            call = http.post(f"{url}gradio_api/call/chat", json={"data": [message, *inputs.values()]})
+            with http.stream("GET", f"{url}gradio_api/call/chat/{call.json()['event_id']}") as events:
+                event = None
+                for line in events.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.removeprefix("event:").strip()
+                    elif line.startswith("data:") and event == "error":
+                        raise SystemExit(f"app.py answered an error: {line}")
+                    elif line.startswith("data:") and event in ("generating", "complete"):
+                        yield json.loads(line.removeprefix("data:"))[0]  # the reply so far
+                        if event == "complete":
+                            return
+
+        return take_turn
+
+    def client_conversation():
+        client = Client(url, verbose=False)  # one session: the app keeps its history
+        return lambda message: client.submit(message=message, **inputs, api_name="/chat")
+
     try:
         for _ in range(600):
             if app.poll() is not None:
-                raise SystemExit(f"app.py exited with {app.returncode}: {app.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise SystemExit(f"app.py exited with {app.returncode}: {log.read().decode()[-2000:]}")
             try:
                 urllib.request.urlopen(url, timeout=5).close()
                 break
             except OSError:
                 time.sleep(0.5)
-        settings = dict(system_prompt="", temperature=0.8, top_k=0, top_p=1, max_new_tokens=args.max_new_tokens)
-
-        def new_conversation():
-            client = Client(url, verbose=False)  # one session: the app keeps its history
-            return lambda message: client.submit(message=message, **settings, api_name="/chat")
-
-        timed_stream(new_conversation()("warm-up"))
-        for n_clients in args.concurrency:
-            report("app", n_clients, tokenizer, *run_clients(n_clients, args.turns, new_conversation))
+        for label, new_conversation in (("http", http_conversation), ("client", client_conversation)):
+            timed_stream(new_conversation()("warm-up"))
+            for n_clients in args.concurrency:
+                report(label, n_clients, tokenizer, *run_clients(n_clients, args.turns, new_conversation))
     finally:
         app.terminate()
         app.wait(timeout=30)

@@ -8,19 +8,23 @@ Design notes
 - The context window is finite: `build_prompt` drops the oldest turns until the prompt leaves room for the
   reply, and cuts a single over-long message from the left (its end is what the reply answers). It never
   raises on a long history.
-- Streaming is transformers' own: `generate()` runs in a thread and feeds a `TextIteratorStreamer`, tuned to
-  hand on every token rather than whole words (`TokenStreamer`). `stream_reply` yields the whole reply so
+- Decoding is `tinygpt.decoding.FastDecoder`: a lean token loop over a preallocated KV cache (one CUDA graph
+  per token on GPUs) whose greedy output equals `generate()`'s. It runs in the caller's thread, one token per
+  iteration, so streaming needs no thread or streamer, and closing the generator (Gradio's stop, a client
+  going away) stops the work at once. Each concurrent chat borrows a decoder from a per-model pool.
+- Text is decoded token by token; a multi-byte character split across byte-level BPE tokens decodes to
+  U+FFFD until its last byte arrives, so only that is held back. `stream_reply` yields the whole reply so
   far, which is what Gradio's ChatInterface expects from a streaming function.
-- Stopping: a `StoppingCriteria` watches a `threading.Event`, set by the caller (a stop button) or by us when
-  the consumer abandons the generator, so an abandoned reply never keeps a CPU core busy.
 """
 
 import bisect
+import queue
 import threading
+import weakref
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from .decoding import FastDecoder
 
 
 def message_text(content) -> str:
@@ -69,43 +73,6 @@ def build_prompt(
     return ids[-max_prompt_tokens:]  # only bites when the bare template is longer than the budget
 
 
-class TokenStreamer(TextIteratorStreamer):
-    """A TextIteratorStreamer that passes on each token's text at once instead of whole words.
-
-    transformers' streamers hold text back until the next space because some tokenizers (SentencePiece)
-    re-decode the start of a word differently once it is complete. Ours (characters, byte-level BPE) decode a
-    prefix of the tokens to a prefix of the text, except for a multi-byte character split across tokens, which
-    decodes to U+FFFD until its last byte arrives: only that is held back. Batch size 1, like the parent.
-    """
-
-    def __init__(self, tokenizer, **kwargs):
-        # Clean-up rewrites " ." as "." and so could change text already passed on.
-        super().__init__(
-            tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False, **kwargs
-        )
-
-    def put(self, value: torch.Tensor):  # (1, T) prompt, then (1,) per new token
-        if self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-        self.token_cache.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if not text.endswith("\ufffd"):
-            self.on_finalized_text(text[self.print_len :])
-            self.print_len = len(text)
-
-
-class _EventStop(StoppingCriteria):
-    """Stops generate() (all rows) once any of the events is set."""
-
-    def __init__(self, *events: threading.Event | None):
-        self.events = [event for event in events if event is not None]
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        stop = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
 def generation_kwargs(
     tokenizer, *, temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int
 ) -> dict:
@@ -124,6 +91,25 @@ def generation_kwargs(
     }
 
 
+_decoders: "weakref.WeakKeyDictionary[object, queue.SimpleQueue]" = weakref.WeakKeyDictionary()
+_decoders_lock = threading.Lock()
+
+
+@contextmanager
+def borrowed_decoder(model) -> Iterator[FastDecoder]:
+    """A FastDecoder for `model` from its pool (made on first need), returned when the reply is done."""
+    with _decoders_lock:
+        pool = _decoders.setdefault(model, queue.SimpleQueue())
+    try:
+        decoder = pool.get_nowait()
+    except queue.Empty:
+        decoder = FastDecoder(model)  # one KV cache per concurrent chat
+    try:
+        yield decoder
+    finally:
+        pool.put(decoder)
+
+
 def stream_reply(
     model,
     tokenizer,
@@ -138,49 +124,38 @@ def stream_reply(
 ) -> Iterator[str]:
     """Yield the reply to the last user message, cumulatively ("He", "Hello", "Hello!"), until <EOS> or a stop.
 
-    The prompt keeps at least half the context window; a reply longer than what is left slides the window
-    (TinyGPTForCausalLM.generate does that).
+    The prompt keeps at least half the context window; a reply longer than what is left slides the window.
     """
     window = model.config.n_positions
     prompt_ids = build_prompt(
         tokenizer, messages, system_prompt=system_prompt, max_prompt_tokens=max(window - max_new_tokens, window // 2)
     )
-    input_ids = torch.tensor([prompt_ids], device=model.device)  # (1, T)
-    streamer = TokenStreamer(tokenizer)
-    abandoned = threading.Event()  # set when our consumer goes away before the reply is finished
-    failure: list[BaseException] = []
-
-    def generate():
-        try:
-            model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_EventStop(stop_event, abandoned)]),
-                **generation_kwargs(
-                    tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens
-                ),
+    reply, undecoded = "", []  # undecoded: tokens of a character still missing bytes
+    with (
+        borrowed_decoder(model) as decoder,
+        closing(
+            decoder.stream(
+                prompt_ids,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                stop_ids=[tokenizer.eos_token_id],
+                stop_event=stop_event,
             )
-        except BaseException as error:  # re-raised in the consumer's thread below
-            failure.append(error)
-            streamer.end()  # unblock the consumer
-
-    thread = threading.Thread(target=generate, name="tinygpt-generate", daemon=True)
-    thread.start()
-    reply, yielded = "", False
-    try:
-        for piece in streamer:
+        ) as tokens,
+    ):
+        for token_id in tokens:
+            undecoded.append(token_id)
+            piece = tokenizer.decode(undecoded, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            if piece.endswith("\ufffd"):
+                continue
+            undecoded = []
             if piece:
                 reply += piece
-                yielded = True
                 yield reply
-    finally:
-        abandoned.set()  # a no-op if generation already finished
-    thread.join()
-    if failure:
-        raise failure[0]
-    if not yielded:  # the model answered <EOS> straight away: still one (empty) reply
+    if not reply:  # the model answered <EOS> straight away: still one (empty) reply
         yield reply
 
 
-__all__ = ["build_prompt", "generation_kwargs", "message_text", "stream_reply", "TokenStreamer"]
+__all__ = ["borrowed_decoder", "build_prompt", "generation_kwargs", "message_text", "stream_reply"]

@@ -24,7 +24,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and
 import gradio as gr  # noqa: E402
 
 from .chat import stream_reply  # noqa: E402
-from .hub import HubError, pull_model, push_model, validate_repo_id  # noqa: E402
+from .hub import HubError, local_model_folder, push_model  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
@@ -47,16 +47,7 @@ def local_models(models_dir: str | os.PathLike) -> list[str]:
 
 def open_model(source: str, revision: str | None = None, token: str | None = None) -> str:
     """The local folder of `source`: a folder as is, a Hub repo id pulled first. Raises HubError / ModelLoadError."""
-    if Path(source).is_dir():
-        folder = source
-    else:
-        try:
-            validate_repo_id(source)
-        except HubError:
-            raise HubError(
-                f"{source} is neither a model folder nor a Hub repo id (owner/name): check the path."
-            ) from None
-        folder = str(pull_model(source, revision=revision, token=token))
+    folder = str(local_model_folder(source, revision=revision, token=token))
     load_model(folder)  # fail now, with the reason, rather than at the first chat message
     return folder
 

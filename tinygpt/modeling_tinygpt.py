@@ -286,7 +286,6 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
 
     def _generate_sliding(self, input_ids, config, streamer, max_new_tokens, model_kwargs):
         window = self.config.n_positions
-        keep = max(1, window * 3 // 4)  # context kept after each slide: more context, more re-encoding
         attention_mask = model_kwargs.pop("attention_mask", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -301,7 +300,7 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         remaining = max_new_tokens
         min_new_tokens = config.min_new_tokens or 0  # spread over the chunks: each gets what is still owed
         while remaining > 0:
-            context = min(sequences.shape[1], keep if sequences.shape[1] >= window else window - 1)
+            context = sliding_context_length(sequences.shape[1], window)
             budget = min(remaining, window - context)
             chunk_config = copy.deepcopy(config)
             chunk_config.max_new_tokens, chunk_config.max_length = budget, None
@@ -372,6 +371,12 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         return model
 
 
+def sliding_context_length(sequence_length: int, window: int) -> int:
+    """How many of the latest tokens to encode before generating more: all of them while there is room in the
+    window for another token, else the last 3/4 of the window (more kept, more re-encoding per slide)."""
+    return sequence_length if sequence_length < window else max(1, window * 3 // 4)
+
+
 class _ContinuationStreamer:
     """Lets one streamer follow several chunked generate() calls as if they were one.
 
@@ -393,4 +398,4 @@ class _ContinuationStreamer:
         self.skip_next_put = True  # the next call's first put is its (already streamed) prompt
 
 
-__all__ = ["TinyGPTForCausalLM", "TinyGPTModel", "TinyGPTPreTrainedModel"]
+__all__ = ["TinyGPTForCausalLM", "TinyGPTModel", "TinyGPTPreTrainedModel", "sliding_context_length"]

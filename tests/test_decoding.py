@@ -1,0 +1,77 @@
+"""FastDecoder, the chat decoding loop: the same tokens as generate(), and the knobs a chat needs."""
+
+import threading
+
+import pytest
+import torch
+
+from tests.tiny_models import tiny_model
+from tinygpt import TinyGPTCharTokenizer
+from tinygpt.decoding import FastDecoder
+
+N_POSITIONS = 48
+
+
+@pytest.fixture(scope="module")
+def model_and_prompt():
+    tokenizer = TinyGPTCharTokenizer.from_corpus("the quick brown fox jumps over the lazy dog 0123456789")
+    model = tiny_model(tokenizer, n_positions=N_POSITIONS)
+    return model, tokenizer.encode("the quick brown")
+
+
+def generate_greedy(model, prompt, new_tokens):
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("new_tokens", [20, 3 * N_POSITIONS])  # inside the window, and sliding past it twice
+def test_greedy_tokens_equal_generate(model_and_prompt, new_tokens):
+    model, prompt = model_and_prompt
+    expected = generate_greedy(model, prompt, new_tokens)
+    assert len(set(expected)) > 3  # the random model's text depends on its context: a real comparison
+    assert list(FastDecoder(model).stream(prompt, max_new_tokens=new_tokens)) == expected
+
+
+def test_one_decoder_serves_request_after_request(model_and_prompt):
+    model, prompt = model_and_prompt
+    decoder = FastDecoder(model)
+    first = list(decoder.stream(prompt, max_new_tokens=30))
+    list(decoder.stream(prompt[::-1], max_new_tokens=30))  # another conversation in between
+    assert list(decoder.stream(prompt, max_new_tokens=30)) == first  # the cache was reset, not reused
+
+
+def test_sampling_knobs(model_and_prompt):
+    model, prompt = model_and_prompt
+    decoder = FastDecoder(model)
+    greedy = list(decoder.stream(prompt, max_new_tokens=30))
+    assert list(decoder.stream(prompt, max_new_tokens=30, temperature=1.5, top_k=1)) == greedy
+    assert list(decoder.stream(prompt, max_new_tokens=30, temperature=1.5, top_p=1e-6)) == greedy
+    torch.manual_seed(7)
+    sampled = list(decoder.stream(prompt, max_new_tokens=30, temperature=1.5))
+    torch.manual_seed(7)
+    assert list(decoder.stream(prompt, max_new_tokens=30, temperature=1.5)) == sampled  # seeded: reproducible
+    assert sampled != greedy
+    top3 = list(decoder.stream(prompt, max_new_tokens=60, temperature=5.0, top_k=3))
+    assert len(set(top3)) > 1  # still random, but every draw was among the 3 likeliest: check the first one
+    logits = model(torch.tensor([prompt])).logits[0, -1]
+    assert top3[0] in logits.topk(3).indices.tolist()
+
+
+def test_stops(model_and_prompt):
+    model, prompt = model_and_prompt
+    decoder = FastDecoder(model)
+    greedy = list(decoder.stream(prompt, max_new_tokens=30))
+    stop = greedy[10]
+    assert list(decoder.stream(prompt, max_new_tokens=30, stop_ids=[stop])) == greedy[: greedy.index(stop)]
+    event = threading.Event()
+    stream = decoder.stream(prompt, max_new_tokens=30, stop_event=event)
+    assert [next(stream), next(stream)] == greedy[:2]
+    event.set()
+    assert list(stream) == []
+
+
+def test_empty_prompt_is_a_clear_error(model_and_prompt):
+    model, _ = model_and_prompt
+    with pytest.raises(ValueError, match="prompt is empty"):
+        list(FastDecoder(model).stream([], max_new_tokens=5))

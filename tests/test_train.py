@@ -14,6 +14,7 @@ import torch
 from train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
 
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
+from tinygpt.presets import PRESETS
 from tinygpt.training import LATEST, main, parse_args
 
 
@@ -68,7 +69,10 @@ def test_preset_gives_defaults_and_typed_flags_win():
     assert (run.model.n_layer, run.model.n_head, run.model.n_embd, run.model.block_size) == (3, 6, 384, 256)
     assert run.model.dropout == 0.2 and run.model.bias is False
     assert run.training.learning_rate == 5e-4  # typed
-    assert run.training.max_steps == 5000 and run.training.warmup_steps == 100 and run.training.adam_beta2 == 0.99
+    preset = PRESETS["shakespeare-char"].training
+    assert run.training.max_steps == preset["max_steps"] and run.training.warmup_steps == 100
+    assert run.training.adam_beta2 == 0.99
+    assert not run.training.torch_compile  # compiling with CUDA graphs is the preset's default on CUDA only
     assert run.training.lr_scheduler_kwargs == {"min_lr": 1e-4} and run.training.weight_decay == 0.1
     assert run.training.output_dir.replace("\\", "/") == "runs/shakespeare-char"
     assert run.passed.keys() == {"preset", "n_layer", "learning_rate", "use_cpu"}

@@ -45,6 +45,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from .configuration_tinygpt import TinyGPTConfig
 from .data import (
@@ -592,6 +593,7 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     corpus, conversations, heldout, description = read_sources(run.data, seed=args.seed)
     model, tokenizer = model_and_tokenizer(run, corpus, resume_from)
     block_size = model.config.n_positions
+    tokenizer.model_max_length = VERY_LARGE_INTEGER  # a saved limit would warn about the whole corpus's length
     if conversations is not None:
         data = conversation_data(run, tokenizer, block_size, conversations, heldout, description)
     else:

@@ -59,11 +59,11 @@ def reference_loop(steps: int = 100) -> float:
     return steps * 64 * 256 / (time.perf_counter() - start)
 
 
-def run_train_py(text_file: str, max_steps: int, extra: list[str]) -> dict:
+def run_train_py(text_file: str, max_steps: int | None, extra: list[str]) -> dict:
     """Run train.py, stamping each evaluation line with the seconds since the command started."""
     output_dir = tempfile.mkdtemp(prefix="bench-shakespeare-char-")
     command = [sys.executable, "train.py", "--preset", "shakespeare-char", "--text_file", text_file,
-               "--output_dir", output_dir, "--max_steps", str(max_steps), *extra]  # fmt: skip
+               "--output_dir", output_dir, *(["--max_steps", str(max_steps)] if max_steps else []), *extra]  # fmt: skip
     print("+", " ".join(command), flush=True)
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -84,7 +84,7 @@ def run_train_py(text_file: str, max_steps: int, extra: list[str]) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text_file", default=str(REPO.parent / "shared/data/tinyshakespeare.txt"))
-    parser.add_argument("--max_steps", type=int, default=5000)
+    parser.add_argument("--max_steps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--target_loss", type=float, default=1.47)
     parser.add_argument("--skip_reference", action="store_true", help="only run train.py")
     parser.add_argument("train_flags", nargs="*", help="extra train.py flags, after --")

@@ -5,8 +5,6 @@ forever, so a broken cache, mask or window would not change its text; larger wei
 depend on the whole context.
 """
 
-import math
-
 import torch
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
@@ -16,17 +14,11 @@ def tiny_model(tokenizer, n_positions: int = 64, vocab_size: int | None = None, 
     """2 layers, 32 wide, in eval mode; vocab_size defaults to len(tokenizer) padded to a multiple of 64, as
     every new tinygpt model is built."""
     torch.manual_seed(seed)
-    config = TinyGPTConfig(
-        vocab_size=vocab_size or 64 * math.ceil(len(tokenizer) / 64),
-        n_positions=n_positions,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        initializer_range=0.5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    config = TinyGPTConfig.for_tokenizer(
+        tokenizer, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2, initializer_range=0.5
     )
+    if vocab_size:
+        config.vocab_size = vocab_size
     return TinyGPTForCausalLM(config).eval()
 
 

@@ -56,6 +56,18 @@ class TinyGPTConfig(PreTrainedConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TinyGPTConfig: dropout must be in [0, 1), got {self.dropout}.")
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer, **fields) -> "TinyGPTConfig":
+        """A config for a new model of `tokenizer`: vocab_size is len(tokenizer) rounded up to a multiple of 64
+        (aligned matmuls; the spare rows are never produced by the tokenizer), special ids taken from it."""
+        return cls(
+            vocab_size=-(-len(tokenizer) // 64) * 64,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **fields,
+        )
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head

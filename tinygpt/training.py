@@ -27,7 +27,6 @@ Design notes
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -345,17 +344,14 @@ def checkpoint_to_resume(requested: str | None, output_dir: Path) -> tuple[str |
 
 def new_model(tokenizer: PreTrainedTokenizerBase, m: ModelArguments) -> TinyGPTForCausalLM:
     try:
-        config = TinyGPTConfig(
-            vocab_size=64 * math.ceil(len(tokenizer) / 64),  # padded: aligned matmuls, the same rule everywhere
+        config = TinyGPTConfig.for_tokenizer(
+            tokenizer,
             n_positions=m.block_size,
             n_embd=m.n_embd,
             n_layer=m.n_layer,
             n_head=m.n_head,
             dropout=m.dropout,
             bias=m.bias,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
         )
     except ValueError as error:
         raise TrainingSetupError(str(error)) from error

@@ -50,7 +50,14 @@ def build_prompt(
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
 
     def render(conversation: list[dict]) -> list[int]:
-        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+        # verbose=False: a history longer than the model is expected here (it is trimmed next), so no warning.
+        return tokenizer.apply_chat_template(
+            conversation,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            tokenizer_kwargs={"verbose": False},
+        )
 
     # Where the kept history may start: the beginning, or a user turn (a reply without its question is noise). The
     # prompt only shrinks as the start moves on, so bisect for the earliest start that fits: O(log n) renders.

@@ -7,6 +7,7 @@ tags, base_model); the plot through matplotlib's file-only Agg backend, so no di
 
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
         ax.plot(*zip(*train, strict=True), label="train", color="tab:blue")
     if val:
         ax.plot(*zip(*val, strict=True), label="validation", color="tab:orange", marker="o", markersize=3)
-    ax.set(xlabel="step", ylabel="cross-entropy loss (nats/token)", title=title)
+    ax.set(xlabel="step", ylabel="cross-entropy loss (nats/token)")
+    ax.set_title(textwrap.fill(title, width=80), fontsize=10)  # long data descriptions stay inside the figure
     ax.grid(alpha=0.3)
     if train or val:
         ax.legend()

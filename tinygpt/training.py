@@ -578,7 +578,7 @@ def save_final_model(output_dir: Path, model, tokenizer, summary: RunSummary, lo
         model.config.use_cache = True  # the Trainer trains without a KV cache; generation wants it back
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        plot_losses(log_history, staging / "loss.png", title=f"tinygpt-{summary.preset}: {summary.data}"[:90])
+        plot_losses(log_history, staging / "loss.png", title=f"tinygpt-{summary.preset}: {summary.data}")
         write_metrics(summary, staging / "metrics.json")
         model_card(summary, str(output_dir)).save(staging / "README.md")
         for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):

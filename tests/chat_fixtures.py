@@ -45,7 +45,9 @@ def trained_chat_model() -> Path:
     """Folder of a saved model + tokenizer answering "hi" with "hello!" (greedy), with all_results.json and loss.png."""
     out_dir = Path(tempfile.mkdtemp(prefix="tinygpt-chat-model-"))
     tokenizer = TinyGPTCharTokenizer.from_corpus(q + a for q, a in CONVERSATIONS)
-    shape = ModelArguments(n_layer=2, n_head=4, n_embd=64, block_size=N_POSITIONS, dropout=0.0, bias=True)
+    shape = ModelArguments(
+        n_layer=2, n_head=4, n_embd=64, block_size=N_POSITIONS, dropout=0.0, bias=True, activation_function="gelu"
+    )
     # Every question alone, after every other one and after every two others, so replies do not depend on the turns
     # before them or on where in the window they start.
     chats = [list(chat) for turns in (1, 2, 3) for chat in itertools.product(CONVERSATIONS, repeat=turns)]

@@ -72,6 +72,12 @@ def test_config_rejects_n_embd_not_divisible_by_n_head():
     assert_one_line(error, "n_embd (30)", "n_head (4)")
 
 
+def test_config_rejects_an_unknown_activation():
+    with pytest.raises(ValueError) as error:
+        TinyGPTConfig(activation_function="swish")
+    assert_one_line(error, "activation_function", "gelu_new, gelu", "'swish'")
+
+
 def test_config_rejects_dropout_of_one():
     with pytest.raises(ValueError) as error:
         TinyGPTConfig(dropout=1.0)

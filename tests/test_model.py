@@ -201,6 +201,22 @@ def test_logits_to_keep_one_returns_only_the_last_position(model, tokenizer):
     torch.testing.assert_close(last, full[:, -1:])
 
 
+def test_exact_gelu_is_a_config_choice_kept_by_save_and_load(model, tokenizer, tmp_path):
+    config = model.config.__class__(**{**model.config.to_dict(), "activation_function": "gelu"})
+    exact = TinyGPTForCausalLM(config).eval()
+    exact.load_state_dict(model.state_dict())  # the same weights: only the MLP's GELU differs
+    input_ids = tokenizer(["Speak, speak!"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        tanh_logits, exact_logits = model(input_ids).logits, exact(input_ids).logits
+    assert not torch.equal(tanh_logits, exact_logits)
+    torch.testing.assert_close(exact_logits, tanh_logits, atol=0.05, rtol=0)  # two forms of one function
+    exact.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.activation_function == "gelu"
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids).logits, exact_logits)
+
+
 def test_labels_of_minus_100_are_ignored_by_the_loss(model, tokenizer):
     input_ids = tokenizer(["All: Speak, speak!"], return_tensors="pt").input_ids
     labels = input_ids.clone()

@@ -75,7 +75,8 @@ class TinyGPTMLP(nn.Module):
     def __init__(self, config: TinyGPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new", so converted GPT-2 weights match exactly
+        # "gelu_new" is GPT-2's tanh approximation, so converted GPT-2 weights match exactly.
+        self.gelu = nn.GELU(approximate="tanh" if config.activation_function == "gelu_new" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.writes_residual = True
         self.dropout = nn.Dropout(config.dropout)
@@ -352,6 +353,7 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
             n_head=source.n_head,
             dropout=0.0,
             bias=True,
+            activation_function="gelu_new",
             layer_norm_epsilon=source.layer_norm_epsilon,
             initializer_range=source.initializer_range,
             bos_token_id=source.bos_token_id,

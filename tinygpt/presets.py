@@ -37,6 +37,7 @@ class Preset:
     block_size: int  # context window (n_positions) and training window length
     dropout: float = 0.0
     bias: bool = True
+    activation_function: str = "gelu_new"  # GPT-2's tanh GELU; "gelu" (exact) is ten times cheaper on CPUs
     tokenizer: str = "char"
     eval_windows: int = 256  # validation windows scored at each evaluation: a fixed set, so evaluations compare
     compile_on_cuda: bool = False  # torch.compile with CUDA graphs when the run is on a CUDA GPU
@@ -86,6 +87,7 @@ PRESETS = {
         n_head=4,
         n_embd=160,
         block_size=64,
+        activation_function="gelu",
         eval_windows=1024,  # 65K validation tokens: within 0.005 of the whole split, about 1 s an evaluation
         training=dict(
             max_steps=1000,

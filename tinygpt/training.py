@@ -46,7 +46,7 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
-from .configuration_tinygpt import TinyGPTConfig
+from .configuration_tinygpt import ACTIVATIONS, TinyGPTConfig
 from .data import (
     DataError,
     TokenWindows,
@@ -68,7 +68,7 @@ from .tokenization_tinygpt import load_gpt2_chat_tokenizer
 RUN_SETTINGS_FILE = "run_settings.json"  # what defines a run; compared before anything is written
 LATEST = "latest"  # --resume_from_checkpoint with no path, or with this word: the newest complete checkpoint
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
-SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "activation_function")
 
 
 class TrainingSetupError(ValueError):
@@ -90,6 +90,13 @@ class ModelArguments:
     block_size: int | None = field(default=None, metadata={"help": "context window in tokens (n_positions)"})
     dropout: float | None = field(default=None, metadata={"help": "dropout rate"})
     bias: bool | None = field(default=None, metadata={"help": "biases in Linear layers and LayerNorms"})
+    activation_function: str | None = field(
+        default=None,
+        metadata={
+            "help": "MLP activation: gelu_new (GPT-2's tanh GELU) or gelu (exact, faster on CPUs)",
+            "choices": list(ACTIVATIONS),
+        },
+    )
 
 
 @dataclass
@@ -363,6 +370,7 @@ def new_model(tokenizer: PreTrainedTokenizerBase, m: ModelArguments) -> TinyGPTF
             n_head=m.n_head,
             dropout=m.dropout,
             bias=m.bias,
+            activation_function=m.activation_function,
         )
     except ValueError as error:
         raise TrainingSetupError(str(error)) from error

@@ -1,5 +1,6 @@
 """FastDecoder, the chat decoding loop: the same tokens as generate(), and the knobs a chat needs."""
 
+import shutil
 import threading
 
 import pytest
@@ -31,6 +32,16 @@ def test_greedy_tokens_equal_generate(model_and_prompt, new_tokens):
     expected = generate_greedy(model, prompt, new_tokens)
     assert len(set(expected)) > 3  # the random model's text depends on its context: a real comparison
     assert list(FastDecoder(model).stream(prompt, max_new_tokens=new_tokens)) == expected
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler (g++)")
+def test_compiled_cpu_decoder_gives_the_same_tokens(model_and_prompt):
+    model, prompt = model_and_prompt
+    decoder = FastDecoder(model, compile=True)  # inductor: 1-row matmuls as fused multiply-and-sums, C++ wrapper
+    expected = generate_greedy(model, prompt, 3 * N_POSITIONS)
+    assert list(decoder.stream(prompt, max_new_tokens=3 * N_POSITIONS)) == expected  # sliding included
+    top1 = decoder.stream(prompt, max_new_tokens=3 * N_POSITIONS, temperature=1.5, top_k=1)  # the sampling step
+    assert list(top1) == expected
 
 
 def test_one_decoder_serves_request_after_request(model_and_prompt):

@@ -25,7 +25,7 @@ from huggingface_hub import get_token
 from transformers import TextStreamer, set_seed
 from transformers.utils import logging as transformers_logging
 
-from .chat import generation_kwargs, stream_reply
+from .chat import compile_decoding, generation_kwargs, stream_reply, warm_up
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load_model_and_tokenizer
 
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="talk to a model in the terminal", description=run_chat.__doc__)
     chat.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (owner/name)")
     chat.add_argument("--system_prompt", default=None, help="text put before the conversation")
+    chat.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile decoding (default: on a GPU only; on a CPU 2-3x faster after ~1 min of compiling the first time)",
+    )
     add_sampling_arguments(chat)
     chat.set_defaults(run=run_chat)
 
@@ -110,6 +116,8 @@ def run_chat(args: argparse.Namespace) -> int:
     context of each reply (the oldest turns drop out when it outgrows the model's window). Type exit or quit
     (or press Ctrl-D) to end; Ctrl-C stops a reply."""
     model, tokenizer = load(args.model)
+    compile_decoding(args.compile)
+    warm_up(model)
     print(f"Chatting with {args.model}. Type exit or quit to end; Ctrl-C stops a reply.", flush=True)
     messages = []
     while True:

@@ -157,6 +157,28 @@ def test_model_card_has_hub_metadata_shape_metrics_and_usage(text_run):
     assert "AutoModelForCausalLM.from_pretrained" in card and "pipeline(" in card and "![loss](loss.png)" in card
 
 
+def test_muon_trains_the_block_matrices_and_resumes_exactly(workdir, corpus):
+    common = [*TINY, "--max_steps", "6", "--save_steps", "3", "--save_total_limit", "3", "--text_file", corpus[0]]
+    muon = run_train(*common, "--muon_lr", "0.02", "--output_dir", workdir / "muon", cwd=workdir)
+    adamw = run_train(*common, "--output_dir", workdir / "adamw", cwd=workdir)
+    assert muon.returncode == 0 and adamw.returncode == 0, describe(muon) + describe(adamw)
+    state = torch.load(workdir / "muon" / "checkpoint-3" / "optimizer.pt", weights_only=True)
+    assert set(state) == {"muon", "adamw"}
+    assert len(state["muon"]["state"]) == 2 * 4  # 2 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+    assert state["muon"]["param_groups"][0]["lr"] < 0.02 and state["adamw"]["param_groups"][0]["lr"] < 3e-3  # scheduled
+
+    def losses(folder):
+        history = json.loads((folder / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+        return [entry["loss"] for entry in history if "loss" in entry]
+
+    assert losses(workdir / "muon")[3:] != losses(workdir / "adamw")[3:]  # the flag changed how the model learns
+    first = losses(workdir / "muon")
+    shutil.rmtree(workdir / "muon" / "checkpoint-6")
+    resumed = run_train(*common, "--muon_lr", "0.02", "--output_dir", workdir / "muon", "--resume_from_checkpoint", cwd=workdir)
+    assert resumed.returncode == 0, describe(resumed)
+    assert losses(workdir / "muon") == pytest.approx(first, rel=1e-4)  # both optimizers' states came back
+
+
 def test_chat_file_with_bpe_learns_from_assistant_tokens_only(workdir):
     """User turns are random letters, the reply is always "ok": only a masked loss can get near zero.
 

@@ -7,12 +7,14 @@ Two measurements, printed as one table:
   torch.compile, fused AdamW, dropout 0.2: what a well-written nanoGPT-style script gets on this GPU.
 - ours: the real entry point, `python train.py --preset shakespeare-char` (HF Trainer), timed from the moment
   the command starts. The script stamps every evaluation line the run prints, so "seconds from command start
-  to val loss <= 1.47" includes start-up, data loading, compilation and evaluation.
+  to val loss <= 1.47" includes start-up, data loading, compilation and evaluation. The run gets empty
+  inductor and Triton caches (a first run on a new machine) unless --warm_cache.
 Throughput, best validation loss and peak GPU memory come from the run's metrics.json.
 """
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,14 +61,20 @@ def reference_loop(steps: int = 100) -> float:
     return steps * 64 * 256 / (time.perf_counter() - start)
 
 
-def run_train_py(text_file: str, max_steps: int | None, extra: list[str]) -> dict:
+def run_train_py(text_file: str, max_steps: int | None, extra: list[str], warm_cache: bool) -> dict:
     """Run train.py, stamping each evaluation line with the seconds since the command started."""
     output_dir = tempfile.mkdtemp(prefix="bench-shakespeare-char-")
+    env = dict(os.environ)
+    if not warm_cache:  # nothing compiled before: what a first run pays
+        env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
+        env["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-triton-")
     command = [sys.executable, "train.py", "--preset", "shakespeare-char", "--text_file", text_file,
                "--output_dir", output_dir, *(["--max_steps", str(max_steps)] if max_steps else []), *extra]  # fmt: skip
     print("+", " ".join(command), flush=True)
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     evals = []  # (seconds since start, eval_loss)
     for line in process.stdout:
         match = re.search(r"'eval_loss': '?([0-9.]+)", line)
@@ -87,13 +95,14 @@ def main():
     parser.add_argument("--max_steps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--target_loss", type=float, default=1.47)
     parser.add_argument("--skip_reference", action="store_true", help="only run train.py")
+    parser.add_argument("--warm_cache", action="store_true", help="let train.py reuse compiled kernels on disk")
     parser.add_argument("train_flags", nargs="*", help="extra train.py flags, after --")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_train_gpu.py needs a CUDA GPU")
 
     reference = None if args.skip_reference else reference_loop()
-    run = run_train_py(args.text_file, args.max_steps, args.train_flags)
+    run = run_train_py(args.text_file, args.max_steps, args.train_flags, args.warm_cache)
     metrics = run["metrics"]
     to_target = next((t for t, loss in run["evals"] if loss <= args.target_loss), None)
     # Steady state: tokens between the first and last evaluation over the time between them (evaluations included).

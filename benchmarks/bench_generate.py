@@ -7,7 +7,8 @@ produce the same tokens (checked, fp32). Every row decodes the same prompt for t
 with EOS disabled, after one untimed warm-up run; the figure is the median of --repeats runs.
 
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
-`cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses.
+`cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses (on a CPU both
+eager, the default, and compiled, as `app.py --compile` runs it; the compiled row's warm-up run compiles).
 
     python benchmarks/bench_generate.py                      # CPU, all cores
     python benchmarks/bench_generate.py --device cuda        # bf16 on a GPU
@@ -33,7 +34,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new_tokens", type=int, default=200, help="tokens decoded per run (fixed: EOS is off)")
     parser.add_argument("--prompt_tokens", type=int, default=32, help="prompt length; prompt + new must fit 256")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row; the median is reported")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per row; the median is reported")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda runs in bfloat16")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
     args = parser.parse_args()
@@ -85,23 +86,28 @@ def main():
 
         return decode
 
-    decoder = FastDecoder(ours)
+    def fast_decode_with(decoder, name):
+        def decode():
+            outputs[name] = list(decoder.stream(prompt[0].tolist(), max_new_tokens=args.new_tokens))
 
-    def fast_decode():
-        outputs["fast"] = list(decoder.stream(prompt[0].tolist(), max_new_tokens=args.new_tokens))
+        return decode
 
     rows = [
         ("HF GPT2LMHeadModel.generate", generate_with(gpt2, "gpt2")),
         ("TinyGPT generate (DynamicCache)", generate_with(ours, "ours")),
         ('TinyGPT generate (cache="static")', generate_with(ours, "static", cache_implementation="static")),
-        ("TinyGPT FastDecoder", fast_decode),
     ]
+    if args.device == "cuda":  # compiled and CUDA-graphed by default
+        rows.append(("TinyGPT FastDecoder (CUDA graphs)", fast_decode_with(FastDecoder(ours), "fast")))
+    else:  # the chat path's default, and `app.py --compile`
+        rows.append(("TinyGPT FastDecoder (eager)", fast_decode_with(FastDecoder(ours), "fast")))
+        rows.append(("TinyGPT FastDecoder (compiled)", fast_decode_with(FastDecoder(ours, compile=True), "compiled")))
     speeds = {name: args.new_tokens / median_seconds(decode, args.repeats, args.device) for name, decode in rows}
 
     reference = outputs["gpt2"][0, args.prompt_tokens :].tolist()
     assert len(reference) == args.new_tokens, "EOS must be off: every run decodes exactly --new_tokens"
     same = [outputs[key][0, args.prompt_tokens :].tolist() == reference for key in ("ours", "static")]
-    same.append(outputs["fast"] == reference)
+    same += [outputs[key] == reference for key in ("fast", "compiled") if key in outputs]
 
     parameters = sum(p.numel() for p in ours.parameters())
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()}, {args.threads} threads"

@@ -42,6 +42,10 @@ def test_compiled_cpu_decoder_gives_the_same_tokens(model_and_prompt):
     assert list(decoder.stream(prompt, max_new_tokens=3 * N_POSITIONS)) == expected  # sliding included
     top1 = decoder.stream(prompt, max_new_tokens=3 * N_POSITIONS, temperature=1.5, top_k=1)  # the sampling step
     assert list(top1) == expected
+    # A model of another shape in the same process: its compiled step is its own, not the first model's.
+    other = tiny_model(TinyGPTCharTokenizer.from_corpus("a model of another shape"), n_positions=N_POSITIONS // 2)
+    eager = list(FastDecoder(other, compile=False).stream(prompt[:5], max_new_tokens=N_POSITIONS))
+    assert list(FastDecoder(other, compile=True).stream(prompt[:5], max_new_tokens=N_POSITIONS)) == eager
 
 
 def test_one_decoder_serves_request_after_request(model_and_prompt):

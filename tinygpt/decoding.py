@@ -98,8 +98,6 @@ class FastDecoder:
         options = {
             "post_grad_fusion_options": {"decompose_mm_pass": {}},  # 1-row matmuls -> fused multiply-and-sum
             "cpp_wrapper": True,  # the step's kernels called from C++, not a Python wrapper
-            # Called once per token: skip re-checking the model's modules (eval mode, fixed weights) each time.
-            "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
         }
         return torch.compile(step, fullgraph=True, options=options)
 
@@ -167,7 +165,7 @@ class FastDecoder:
 
     @torch.no_grad()
     def _captured(self, step) -> torch.cuda.CUDAGraph:
-        """Record one decode step as a CUDA graph: afterwards each token costs one graph launch."""
+        """Record a step (a decode step, or encoding the prompt) as a CUDA graph: afterwards it is one launch."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up (and compilation) off the capturing stream

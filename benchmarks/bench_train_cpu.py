@@ -4,7 +4,7 @@
     python benchmarks/bench_train_cpu.py --only shakespeare-cpu
 
 1. `python train.py --preset shakespeare-cpu --text_file ../shared/data/tinyshakespeare.txt`
-   target: validation loss <= 1.80 within 112 s wall.
+   targets: validation loss <= 1.80 within 112 s wall (issue B), <= 1.70 within 112 s (issue D, not met yet).
 2. `python train.py` (the built-in synthetic chat task, offline)
    target: held-out exact match >= 90% within 300 s wall.
 
@@ -31,8 +31,8 @@ RUNS = {
     "shakespeare-cpu": {
         "args": ["--preset", "shakespeare-cpu", "--text_file", str(SHAKESPEARE)],
         "metric": "val_loss",
-        "target": lambda metrics, wall: metrics["val_loss"] <= 1.80 and wall <= 112,
-        "target_text": "val loss <= 1.80 in <= 112 s",
+        "target": lambda metrics, wall: metrics["val_loss"] <= 1.70 and wall <= 112,
+        "target_text": "val loss <= 1.70 in <= 112 s (issue D; B asked <= 1.80)",
     },
     "synthetic": {
         "args": [],

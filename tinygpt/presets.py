@@ -41,9 +41,9 @@ class Preset:
     muon_lr: float | None = None  # Muon for the blocks' weight matrices at this rate (tinygpt.muon); None: AdamW
     tokenizer: str = "char"
     eval_windows: int = 256  # validation windows scored at each evaluation: a fixed set, so evaluations compare
-    # How the preset compiles on a CUDA GPU (None: eager), always with CUDA graphs (see training.use_cuda_graphs):
-    # "cudagraphs" replays the traced forward/backward as recorded (compiles in seconds), "inductor" generates
-    # fused kernels first (tens of seconds of compiling, faster steps: for long runs).
+    # How the preset compiles on a CUDA GPU (None: eager), with CUDA graphs where they are safe (see
+    # training.use_cuda_graphs): "cudagraphs" replays the traced forward/backward as recorded (compiles in
+    # seconds), "inductor" generates fused kernels (tens of seconds of compiling, faster steps: for long runs).
     cuda_compile: str | None = None
     training: dict = field(default_factory=dict)
 

@@ -255,11 +255,14 @@ def use_cuda_graphs(args: TrainingArguments, policy: DevicePolicy, preset_compil
     A small model's step is bound by kernel launches, not arithmetic: CUDA graphs take shakespeare-char from
     ~13 ms eager to 8.4 ms (backend "cudagraphs", the traced step replayed as recorded) or 6.2 ms (inductor's
     fused kernels, mode "reduce-overhead") on an H100. Set after parsing because TrainingArguments turns
-    compiling on whenever a backend or mode is set, which would make `--torch_compile False` impossible; and
-    single-process only, since DDP's gradient hooks write into buffers that a replayed graph would overwrite.
+    compiling on whenever a backend or mode is set, which would make `--torch_compile False` impossible. Not
+    under DDP, whose gradient hooks write into buffers that a replayed graph would overwrite, nor with gradient
+    accumulation, where backward read forward outputs that the next replay had overwritten (gpt2-small on an
+    H200). Big models need the graphs least anyway: their kernels are long.
     """
     chosen = "torch_compile_backend" in passed or "torch_compile_mode" in passed
-    if policy.device != "cuda" or not args.torch_compile or chosen or args.world_size > 1:
+    unsafe = args.world_size > 1 or args.gradient_accumulation_steps > 1
+    if policy.device != "cuda" or not args.torch_compile or chosen or unsafe:
         return
     if preset_compile == "cudagraphs":
         args.torch_compile_backend = "cudagraphs"

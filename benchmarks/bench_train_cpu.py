@@ -74,6 +74,7 @@ def report(outcome: dict) -> str:
     figures.append(f"val loss {m['val_loss']:.4f}")
     if m["exact_match"] is not None:
         figures.append(f"exact match {100 * m['exact_match']:.1f}%")
+    figures.append(f"peak RSS {m['peak_memory_bytes'] / 2**20:,.0f} MiB")
     verdict = "MET" if outcome["met"] else "MISSED"
     return f"{outcome['name']:<16} {', '.join(figures)} | target {spec['target_text']}: {verdict}"
 

@@ -305,7 +305,12 @@ class WindowCollator:
         self.positions = torch.arange(block_size, device=tokens.device)  # (T,)
 
     def __call__(self, features: list[dict]) -> dict:
-        offsets = torch.tensor([f["offset"] for f in features], device=self.tokens.device)  # (B,)
+        offsets = torch.tensor([f["offset"] for f in features])  # (B,) on the host
+        if self.tokens.is_cuda:
+            # From pinned memory the copy is queued behind the GPU's work; from pageable memory CUDA would first
+            # wait for that work to finish, and the host could never run a step ahead.
+            offsets = offsets.pin_memory()
+        offsets = offsets.to(self.tokens.device, non_blocking=True)
         batch = self.tokens[offsets[:, None] + self.positions]  # (B, T)
         return {"input_ids": batch, "labels": batch}
 

@@ -7,6 +7,7 @@ commands are independent, so they run a few at a time (each one pays the torch +
 
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -205,7 +206,12 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float = 120) -> 
     return output.decode()
 
 
-def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tmp_path):
+NO_CXX = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler (g++)")
+
+
+# compiled: the same replies from the inductor-compiled CPU decoder, after a warm-up announced at start-up
+@pytest.mark.parametrize("compile_flags", [(), pytest.param(("--compile",), marks=NO_CXX)], ids=["eager", "compiled"])
+def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tmp_path, compile_flags):
     model, tokenizer = load_model_and_tokenizer(model_dir)
     history = [{"role": "user", "content": "hi"}]
     first = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
@@ -215,14 +221,16 @@ def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tm
 
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            [str(TINYGPT), "chat", str(model_dir), "--temperature", "0"],
+            [str(TINYGPT), "chat", str(model_dir), "--temperature", "0", *compile_flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
             cwd=tmp_path,
         )
         try:
-            assert read_until(process, "you> ").startswith(f"Chatting with {model_dir}.")
+            compiling = "compiling chat decoding (the first time takes a while; it is cached after)...\n"
+            greeting = read_until(process, "you> ", timeout=300)
+            assert greeting.startswith((compiling if compile_flags else "") + f"Chatting with {model_dir}.")
             # Each reply is on screen before the next question is typed.
             process.stdin.write(b"hi\n")
             process.stdin.flush()

@@ -10,7 +10,7 @@ stays the general API; this is the path `tinygpt.chat` and the app use.
 - The cache is allocated once per engine (n_positions long); the attention mask and positions are built here,
   so `forward` skips mask construction.
 - A decode step is one of two functions: greedy (an argmax) or sampled (temperature, top-k, top-p). Greedy
-  decoding, the chat default at temperature 0, so never pays for the sort and the cumulative sum.
+  decoding (temperature 0) pays for the sort and the cumulative sum only once, on the prompt.
 - On CUDA each step is compiled and captured as a CUDA graph: one launch per token instead of ~100 kernel
   launches, queued one token ahead of the reader.
 - On a CPU compiling is optional (`compile=True`; it costs ~25 s the first time on 2 cores, then comes from
@@ -22,8 +22,8 @@ stays the general API; this is the path `tinygpt.chat` and the app use.
 """
 
 import threading
-from contextlib import nullcontext
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -146,8 +146,9 @@ class FastDecoder:
         self._set_cache_length(self.prompt_last[0] + 1)
         self.prompt_logits.copy_(logits)
 
-    def _prefill(self, context: Sequence[int], greedy: bool = True):
-        """Encode the context into the cache and put its next token in self.token."""
+    def _prefill(self, context: Sequence[int]):
+        """Encode the context into the cache and put its next token in self.token (once per prompt, so the one
+        sampling function serves greedy decoding too: it takes the argmax at temperature 0)."""
         if self.encode_prompt is None:
             self._set_cache_length(0)
             ids = torch.tensor([list(context)], device=self.device)
@@ -157,10 +158,7 @@ class FastDecoder:
             self.prompt_last.fill_(len(context) - 1)
             self.encode_prompt()
             logits = self.prompt_logits
-        if greedy:
-            self.token.copy_(logits.argmax(dim=-1, keepdim=True))
-        else:
-            self.token.copy_(sample_next_token(logits, self.temperature, self.top_k, self.top_p))
+        self.token.copy_(sample_next_token(logits, self.temperature, self.top_k, self.top_p))
         self.position.fill_(len(context))
 
     @torch.no_grad()
@@ -194,11 +192,10 @@ class FastDecoder:
         self.temperature.fill_(temperature)
         self.top_k.fill_(top_k if top_k and top_k > 0 else self.config.vocab_size)
         self.top_p.fill_(top_p if top_p is not None and 0 < top_p < 1 else 1.0)
-        greedy = temperature <= 0
-        step = self.steps["greedy" if greedy else "sampled"]
+        step = self.steps["greedy" if temperature <= 0 else "sampled"]
         tokens = list(prompt_ids)
         context = tokens[-sliding_context_length(len(tokens), self.window) :]  # as generate() slides
-        self._prefill(context, greedy)
+        self._prefill(context)
         position = len(context)  # where self.token (computed, not yet read) will be fed
         pending = self._copy_out()
         for produced in range(1, max_new_tokens + 1):
@@ -218,7 +215,7 @@ class FastDecoder:
                 pending = following
             elif produced < max_new_tokens:  # window full: re-encode the most recent tokens and go on
                 context = tokens[-sliding_context_length(len(tokens), self.window) :]
-                self._prefill(context, greedy)
+                self._prefill(context)
                 position = len(context)
                 pending = self._copy_out()
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_train_cpu.py --only shakespeare-cpu
 
 1. `python train.py --preset shakespeare-cpu --text_file ../shared/data/tinyshakespeare.txt`
-   targets: validation loss <= 1.80 within 112 s wall (issue B), <= 1.70 within 112 s (issue D, not met yet).
+   targets: validation loss <= 1.80 within 112 s wall (issue B), <= 1.70 within 112 s (issue D).
 2. `python train.py` (the built-in synthetic chat task, offline)
    target: held-out exact match >= 90% within 300 s wall.
 

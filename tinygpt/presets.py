@@ -85,9 +85,9 @@ PRESETS = {
     # (97 s of training on 2 Xeon cores). A sweep of shapes and rates found two wider layers learn faster and
     # cost less per token on a CPU (2x4x160, batch 24). On 2 cores a step is compute-bound (MKL's matmuls at
     # ~150 GFLOP/s; compiling saves under 10% for 11 s of compiling), so what got below 1.70 was the schedule:
-    # decaying linearly to zero instead of a cosine to 10% (1.718 -> 1.706 at the same 1,400-1,450 steps),
-    # then 4e-3 instead of 5e-3 and beta1 0.8. Three seeds: 1.682-1.698 in 95-103 s wall
-    # (benchmarks/bench_train_cpu.py). Tried and no better: larger or smaller batches for the same time,
+    # decaying linearly to zero (1,450 steps: 1.706, against 1.713 for a cosine to zero and 1.718 at 1,400 steps
+    # for the cosine to 10% it had), then 4e-3 instead of 5e-3 and beta1 0.8. Three seeds: 1.682-1.698 in 95-103 s
+    # wall (benchmarks/bench_train_cpu.py). Tried and no better: larger or smaller batches for the same time,
     # context 128, 3x128, 2x192, 2 heads, no biases, no weight decay, beta2 0.95, shorter warm-up.
     "shakespeare-cpu": Preset(
         description="nanoGPT's CPU Tiny Shakespeare recipe, retuned: val loss <= 1.70 in under 2 minutes on 2 cores",

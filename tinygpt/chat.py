@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
-from .decoding import FastDecoder
+from .decoding import FastDecoder, compiles
 
 
 def message_text(content) -> str:
@@ -114,7 +114,7 @@ def compile_decoding(enabled: bool | None) -> None:
 
 def warm_up(model) -> None:
     """Make a decoder for `model` and run both decoding modes once, so compiling happens now, not in a chat."""
-    if _compile_decoders or (_compile_decoders is None and model.device.type == "cuda"):
+    if compiles(model.device, _compile_decoders):
         print("compiling chat decoding (the first time takes a while; it is cached after)...", flush=True)
     with borrowed_decoder(model) as decoder:
         for temperature in (0.0, 1.0):

@@ -49,6 +49,11 @@ def sample_next_token(logits, temperature, top_k, top_p):
     return torch.where(temperature <= 0, greedy, sampled)
 
 
+def compiles(device: torch.device, compile: bool | None) -> bool:
+    """Whether a FastDecoder on `device` compiles its steps: as asked, or by default (None) on CUDA only."""
+    return device.type == "cuda" if compile is None else compile
+
+
 class FastDecoder:
     """Streams token ids for one prompt at a time; it owns one KV cache, so give each concurrent chat its own.
 
@@ -73,7 +78,7 @@ class FastDecoder:
             self.copied = [torch.cuda.Event(), torch.cuda.Event()]
             self.slot = 0
         # A CUDA graph cannot hold forward's eager position check (a host sync): it needs the compiled step.
-        use_compile = self.device.type == "cuda" if compile is None else compile
+        use_compile = compiles(self.device, compile)
         # In a compiled CPU step the math attention fuses with everything around it; the flash kernel stays a
         # separate call that costs more than the arithmetic at one query.
         self.math_attention = use_compile and self.device.type == "cpu"
@@ -235,4 +240,4 @@ class FastDecoder:
         return int(self.host_tokens[pending])
 
 
-__all__ = ["FastDecoder", "sample_next_token"]
+__all__ = ["FastDecoder", "compiles", "sample_next_token"]

@@ -6,6 +6,7 @@ Thin on purpose: parse the flags, then tinygpt.webui builds and serves the page.
 import argparse
 import sys
 
+from tinygpt.cli import add_decoding_arguments, check_decoding_arguments
 from tinygpt.hub import HubError
 from tinygpt.loading import ModelLoadError
 from tinygpt.webui import launch
@@ -22,14 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compile chat decoding (default: on a GPU only; on a CPU it is 2-3x faster after ~1 min of compiling "
-        "at start-up the first time)",
-    )
+    add_decoding_arguments(parser)
     args = parser.parse_args(argv)
+    check_decoding_arguments(parser, args)
     try:
         launch(
             model=args.model,
@@ -38,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             share=args.share,
             compile=args.compile,
+            int8_weights=args.int8,
         )
     except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
         print(f"app.py: error: {error}", file=sys.stderr)

@@ -7,8 +7,10 @@ produce the same tokens (checked, fp32). Every row decodes the same prompt for t
 with EOS disabled, after one untimed warm-up run; the figure is the median of --repeats runs.
 
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
-`cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses (on a CPU both
-eager, the default, and compiled, as `app.py --compile` runs it; the compiled row's warm-up run compiles).
+`cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses (on a CPU:
+eager, the default; compiled, as `app.py --compile` runs it; and compiled with int8 weights, as `app.py --int8`
+runs it; a compiled row's warm-up run compiles). The int8 row's tokens are not expected to equal the others':
+it reports how many of them match before the first difference.
 
     python benchmarks/bench_generate.py                      # CPU, all cores
     python benchmarks/bench_generate.py --device cuda        # bf16 on a GPU
@@ -102,6 +104,8 @@ def main():
     else:  # the chat path's default, and `app.py --compile`
         rows.append(("TinyGPT FastDecoder (eager)", fast_decode_with(FastDecoder(ours), "fast")))
         rows.append(("TinyGPT FastDecoder (compiled)", fast_decode_with(FastDecoder(ours, compile=True), "compiled")))
+        int8 = FastDecoder(ours, int8_weights=True)
+        rows.append(("TinyGPT FastDecoder (int8, compiled)", fast_decode_with(int8, "int8")))
     speeds = {name: args.new_tokens / median_seconds(decode, args.repeats, args.device) for name, decode in rows}
 
     reference = outputs["gpt2"][0, args.prompt_tokens :].tolist()
@@ -117,6 +121,10 @@ def main():
         f"{args.prompt_tokens} + {args.new_tokens} new tokens, median of {args.repeats} runs after a warm-up"
     )
     print(f"TinyGPT rows give the same tokens as HF GPT-2: {all(same)} ({same})")
+    if "int8" in outputs:
+        pairs = enumerate(zip(outputs["int8"], reference, strict=True))
+        matching = next((i for i, (a, b) in pairs if a != b), len(reference))
+        print(f"int8 row: its first {matching} of {len(reference)} tokens are HF GPT-2's (fp32)")
     baseline = speeds[rows[0][0]]
     header = f"{'name':36s} {'tok/s':>9s} {'vs HF GPT2':>10s}  {'device':40s} torch"
     print(header)

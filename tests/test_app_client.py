@@ -69,3 +69,12 @@ def test_model_folder_without_weights_is_one_line_error_without_traceback(app):
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("app.py: error:")]
     assert len(error_lines) == 1 and "model.safetensors" in error_lines[0]
+
+
+def test_int8_without_compiling_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, "app.py", "--int8", "--no-compile"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "app.py: error: --int8 decodes through a compiled step" in result.stderr
+    assert "drop --no-compile" in result.stderr

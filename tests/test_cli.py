@@ -20,7 +20,7 @@ from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from tinygpt.chat import stream_reply
+from tinygpt.chat import configure_decoding, stream_reply
 from tinygpt.cli import main
 from tinygpt.hub import push_model
 from tinygpt.loading import load_model_and_tokenizer
@@ -209,19 +209,28 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float = 120) -> 
 NO_CXX = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler (g++)")
 
 
-# compiled: the same replies from the inductor-compiled CPU decoder, after a warm-up announced at start-up
-@pytest.mark.parametrize("compile_flags", [(), pytest.param(("--compile",), marks=NO_CXX)], ids=["eager", "compiled"])
-def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tmp_path, compile_flags):
+# compiled: the same replies from the inductor-compiled CPU decoder, after a warm-up announced at start-up.
+# int8: the replies of an int8-weight decoder (which may part from fp32's at a near tie), made here in-process.
+@pytest.mark.parametrize(
+    "decoding_flags",
+    [(), pytest.param(("--compile",), marks=NO_CXX), pytest.param(("--int8",), marks=NO_CXX)],
+    ids=["eager", "compiled", "int8"],
+)
+def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tmp_path, decoding_flags):
     model, tokenizer = load_model_and_tokenizer(model_dir)
-    history = [{"role": "user", "content": "hi"}]
-    first = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
-    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "what is your name?"}]
-    second = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
+    configure_decoding(None, int8_weights="--int8" in decoding_flags)
+    try:
+        history = [{"role": "user", "content": "hi"}]
+        first = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
+        history += [{"role": "assistant", "content": first}, {"role": "user", "content": "what is your name?"}]
+        second = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
+    finally:
+        configure_decoding(None)
     assert first.strip() and second.strip()
 
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            [str(TINYGPT), "chat", str(model_dir), "--temperature", "0", *compile_flags],
+            [str(TINYGPT), "chat", str(model_dir), "--temperature", "0", *decoding_flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -230,7 +239,7 @@ def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tm
         try:
             compiling = "compiling chat decoding (the first time takes a while; it is cached after)...\n"
             greeting = read_until(process, "you> ", timeout=300)
-            assert greeting.startswith((compiling if compile_flags else "") + f"Chatting with {model_dir}.")
+            assert greeting.startswith((compiling if decoding_flags else "") + f"Chatting with {model_dir}.")
             # Each reply is on screen before the next question is typed.
             process.stdin.write(b"hi\n")
             process.stdin.flush()
@@ -265,7 +274,7 @@ def test_tinygpt_help_lists_the_commands(capsys):
     [
         (
             "chat",
-            ["MODEL", "--system_prompt", "--temperature", "--top_k", "--top_p", "--max_new_tokens", "exit or quit"],
+            ["MODEL", "--system_prompt", "--compile", "--int8", "--temperature", "--max_new_tokens", "exit or quit"],
         ),
         ("generate", ["MODEL", "--prompt", "--temperature", "--top_k", "--top_p", "--max_new_tokens", "--seed"]),
         ("push", ["DIR", "owner/name", "--private", "--commit_message", "auto_map", "model card"]),
@@ -288,6 +297,7 @@ def test_each_command_has_help(command, expected, capsys):
         (["generate", "m", "--prompt", "x", "--top_p", "1.5"], "argument --top_p: must be in (0, 1]"),
         (["chat", "m", "--temperature", "-1"], "argument --temperature: must be 0 or more"),
         (["chat", "m", "--max_new_tokens", "0"], "argument --max_new_tokens: must be at least 1"),
+        (["chat", "m", "--int8", "--no-compile"], "--int8 decodes through a compiled step"),
         (["pull"], "the following arguments are required: owner/name"),
     ],
 )

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
 
-from .chat import compile_decoding, stream_reply, warm_up  # noqa: E402
+from .chat import configure_decoding, stream_reply, warm_up  # noqa: E402
 from .hub import HubError, local_model_folder, push_model  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
 
@@ -267,10 +267,12 @@ def launch(
     port: int = 7860,
     share: bool = False,
     compile: bool | None = None,
+    int8_weights: bool = False,
 ) -> None:
     """Open `model` (a folder or a Hub repo id; default: the first local model that loads), build the page, serve.
 
-    `compile`: compile chat decoding (None: on CUDA only), warmed up on the opened model before serving.
+    `compile`, `int8_weights`: how chat replies are decoded (tinygpt.chat.configure_decoding); compiling happens
+    on the opened model before serving.
     Raises HubError / ModelLoadError when `model` cannot be opened.
     """
     model_folder = open_model(model) if model else None
@@ -280,7 +282,7 @@ def launch(
             break
         except ModelLoadError as error:
             print(f"skipping {error}", file=sys.stderr)
-    compile_decoding(compile)
+    configure_decoding(compile, int8_weights)
     if model_folder is not None:
         warm_up(load_model(model_folder)[0])
     demo = build_app(model_folder, models_dir)

@@ -4,7 +4,8 @@ The shape is nanoGPT's Shakespeare-char model (the "10.65M" one): 6 layers, 6 he
 window, and a 65-character vocabulary plus our six special tokens, padded to a multiple of 64 as every tinygpt
 model is. GPT-2 gets random weights and TinyGPT gets the very same ones through `from_gpt2`, so both must
 produce the same tokens (checked, fp32). Every row decodes the same prompt for the same number of new tokens
-with EOS disabled, after one untimed warm-up run; the figure is the median of --repeats runs.
+with EOS disabled, after one untimed warm-up run; the figure is the median of --repeats runs, the rows
+taking turns.
 
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
 `cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses (on a CPU:
@@ -56,19 +57,25 @@ def build_models(device, dtype):
     return gpt2.to(device, dtype).eval(), ours.to(device, dtype).eval()
 
 
-def median_seconds(decode, repeats, device):
-    """Median wall time of decode() after one warm-up call (which also absorbs any compilation)."""
-    decode()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def median_seconds(decoders: dict, repeats: int, device: str) -> dict:
+    """{name: median wall time of decode()}, each after one warm-up call (which also absorbs any compilation).
+
+    The rows take turns, one run each per round, so a machine whose speed drifts (a shared host) slows them
+    alike instead of whichever row it happened to be running.
+    """
+    for decode in decoders.values():
         decode()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in decoders}
+    for _ in range(repeats):
+        for name, decode in decoders.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            decode()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(runs) for name, runs in times.items()}
 
 
 @torch.no_grad()
@@ -106,7 +113,8 @@ def main():
         rows.append(("TinyGPT FastDecoder (compiled)", fast_decode_with(FastDecoder(ours, compile=True), "compiled")))
         int8 = FastDecoder(ours, int8_weights=True)
         rows.append(("TinyGPT FastDecoder (int8, compiled)", fast_decode_with(int8, "int8")))
-    speeds = {name: args.new_tokens / median_seconds(decode, args.repeats, args.device) for name, decode in rows}
+    seconds = median_seconds(dict(rows), args.repeats, args.device)
+    speeds = {name: args.new_tokens / seconds[name] for name, _ in rows}
 
     reference = outputs["gpt2"][0, args.prompt_tokens :].tolist()
     assert len(reference) == args.new_tokens, "EOS must be off: every run decodes exactly --new_tokens"

@@ -102,7 +102,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="decode on the CPU with int8 weights: compiled, 1.7x faster again; the same loss, but greedy replies "
+        help="decode on the CPU with int8 weights: compiled, ~1.5x faster again; the same loss, but greedy replies "
         "may part from fp32's where two tokens are nearly tied",
     )
 

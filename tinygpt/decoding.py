@@ -19,7 +19,7 @@ stays the general API; this is the path `tinygpt.chat` and the app use.
   at about a third of the memory bandwidth on the AVX2 machines we measured, and weights are what a batch-1
   token reads.
 - On a CPU it can also decode with a private int8-weight copy of the model (`int8_weights=True`, see
-  tinygpt.quantization): 1.7x faster again, as the weights then fit in the CPU's cache. The copy's greedy tokens
+  tinygpt.quantization): ~1.5x faster again, as the weights then fit in the CPU's cache. The copy's greedy tokens
   follow fp32's until two candidates are nearly tied.
 - Past the window it slides like `generate()`: it re-encodes the last 3/4 of the window and goes on.
 """

@@ -72,9 +72,7 @@ def run_train_py(text_file: str, max_steps: int | None, extra: list[str], warm_c
                "--output_dir", output_dir, *(["--max_steps", str(max_steps)] if max_steps else []), *extra]  # fmt: skip
     print("+", " ".join(command), flush=True)
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     evals = []  # (seconds since start, eval_loss, seconds the evaluation took)
     for line in process.stdout:
         match = re.search(r"'eval_loss': '?([0-9.]+)'?, 'eval_runtime': '?([0-9.]+)", line)

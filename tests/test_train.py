@@ -174,7 +174,9 @@ def test_muon_trains_the_block_matrices_and_resumes_exactly(workdir, corpus):
     assert losses(workdir / "muon")[3:] != losses(workdir / "adamw")[3:]  # the flag changed how the model learns
     first = losses(workdir / "muon")
     shutil.rmtree(workdir / "muon" / "checkpoint-6")
-    resumed = run_train(*common, "--muon_lr", "0.02", "--output_dir", workdir / "muon", "--resume_from_checkpoint", cwd=workdir)
+    resumed = run_train(
+        *common, "--muon_lr", "0.02", "--output_dir", workdir / "muon", "--resume_from_checkpoint", cwd=workdir
+    )
     assert resumed.returncode == 0, describe(resumed)
     assert losses(workdir / "muon") == pytest.approx(first, rel=1e-4)  # both optimizers' states came back
 

@@ -56,7 +56,9 @@ class TinyGPTCharTokenizer(PreTrainedTokenizer):
                 raise ValueError(f"TinyGPTCharTokenizer: cannot read vocab file {vocab_file}: {error}") from error
         missing = [token for token in SPECIAL_TOKENS if token not in vocab]
         if missing:
-            raise ValueError(f"TinyGPTCharTokenizer: vocab lacks special tokens {missing}; rebuild it with from_corpus().")
+            raise ValueError(
+                f"TinyGPTCharTokenizer: vocab lacks special tokens {missing}; rebuild it with from_corpus()."
+            )
         self.encoder = dict(vocab)
         self.decoder = {i: token for token, i in self.encoder.items()}
         kwargs.setdefault("chat_template", CHAT_TEMPLATE)
@@ -67,7 +69,11 @@ class TinyGPTCharTokenizer(PreTrainedTokenizer):
             bos_token=BOS,
             eos_token=EOS,
             extra_special_tokens=[USER, ASSISTANT],
-            **{k: v for k, v in kwargs.items() if k not in ("pad_token", "unk_token", "bos_token", "eos_token", "extra_special_tokens")},
+            **{
+                k: v
+                for k, v in kwargs.items()
+                if k not in ("pad_token", "unk_token", "bos_token", "eos_token", "extra_special_tokens")
+            },
         )
 
     @classmethod
@@ -134,11 +140,19 @@ def load_gpt2_chat_tokenizer(name_or_dir: str | os.PathLike = "gpt2"):
             # vocab=/merges= (not vocab_file=/merges_file=, which build an empty tokenizer in transformers 5).
             tokenizer = GPT2Tokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
         else:
-            raise ValueError(f"{path} holds neither tokenizer.json nor vocab.json + merges.txt; point at a GPT-2 tokenizer folder.")
+            raise ValueError(
+                f"{path} holds neither tokenizer.json nor vocab.json + merges.txt; point at a GPT-2 tokenizer folder."
+            )
     else:
         tokenizer = GPT2Tokenizer.from_pretrained(str(name_or_dir))
     tokenizer.add_special_tokens(
-        {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK, "extra_special_tokens": [USER, ASSISTANT]}
+        {
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "unk_token": UNK,
+            "extra_special_tokens": [USER, ASSISTANT],
+        }
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -58,8 +58,8 @@ def test_compiled_cpu_decoder_gives_the_same_tokens(model_and_prompt):
 @needs_compiler
 def test_int8_decoder_picks_what_fp32_would(model_and_prompt):
     model, prompt = model_and_prompt
-    # A second model of the same shape, decoded in the same process: it reuses the compiled step, and must
-    # decode with its own weights (the step holds them as frozen constants).
+    # A second model of the same shape, decoded in the same process: it reuses the compiled step (freezing
+    # treats weights as constants), and must still decode with its own weights.
     same_shape = tiny_model(TinyGPTCharTokenizer.from_corpus(CORPUS), n_positions=N_POSITIONS, seed=1)
     new_tokens = N_POSITIONS - len(prompt)
     for fp32_model in (model, same_shape):

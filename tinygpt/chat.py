@@ -24,6 +24,8 @@ import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
+import torch
+
 from .decoding import FastDecoder, compiles
 
 
@@ -112,6 +114,14 @@ def configure_decoding(compile: bool | None, int8_weights: bool = False) -> None
         _decoders.clear()  # decoders made under the old choice are not reused
 
 
+def place_for_decoding(model):
+    """A freshly loaded model, moved to where chat decodes: a CUDA GPU in bf16 when there is one (FastDecoder's
+    compiled, CUDA-graphed path), else left on the CPU. Int8 weights are a CPU mode and keep it there."""
+    if torch.cuda.is_available() and not _decoder_options["int8_weights"]:
+        return model.to("cuda", torch.bfloat16)
+    return model
+
+
 def warm_up(model) -> None:
     """Make a decoder for `model` and run both decoding modes once, so compiling happens now, not in a chat."""
     if compiles(model.device, **_decoder_options):
@@ -191,6 +201,7 @@ __all__ = [
     "configure_decoding",
     "generation_kwargs",
     "message_text",
+    "place_for_decoding",
     "stream_reply",
     "warm_up",
 ]

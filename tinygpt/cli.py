@@ -25,7 +25,7 @@ from huggingface_hub import get_token
 from transformers import TextStreamer, set_seed
 from transformers.utils import logging as transformers_logging
 
-from .chat import configure_decoding, generation_kwargs, stream_reply, warm_up
+from .chat import configure_decoding, generation_kwargs, place_for_decoding, stream_reply, warm_up
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load_model_and_tokenizer
 
@@ -135,8 +135,8 @@ def run_chat(args: argparse.Namespace) -> int:
     """Chat with a model in the terminal. Replies stream as they are generated; the whole conversation is the
     context of each reply (the oldest turns drop out when it outgrows the model's window). Type exit or quit
     (or press Ctrl-D) to end; Ctrl-C stops a reply."""
-    model, tokenizer = load(args.model)
     configure_decoding(args.compile, int8_weights=args.int8)
+    model, tokenizer = load(args.model)
     warm_up(model)
     print(f"Chatting with {args.model}. Type exit or quit to end; Ctrl-C stops a reply.", flush=True)
     messages = []
@@ -201,10 +201,11 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def load(model: str):
-    """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first."""
+    """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first; on a CUDA GPU if any."""
     folder = local_model_folder(model)
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar would only clutter the conversation
-    return load_model_and_tokenizer(folder)
+    model, tokenizer = load_model_and_tokenizer(folder)
+    return place_for_decoding(model), tokenizer
 
 
 # -- argument types: a bad value is argparse's one-line usage error -----------------------------------------------

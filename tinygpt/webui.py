@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
 
-from .chat import configure_decoding, stream_reply, warm_up  # noqa: E402
+from .chat import configure_decoding, place_for_decoding, stream_reply, warm_up  # noqa: E402
 from .hub import HubError, local_model_folder, push_model  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
 
@@ -61,7 +61,8 @@ def load_model(folder: str):
 @functools.lru_cache(maxsize=3)
 def _load_cached(folder: str, weights_mtime_ns: int):
     # Keyed by the weights' mtime too: a folder retrained while the app runs is read again.
-    return load_model_and_tokenizer(folder)
+    model, tokenizer = load_model_and_tokenizer(folder)
+    return place_for_decoding(model), tokenizer
 
 
 def read_eval_loss(folder: str | os.PathLike) -> float | None:
@@ -275,6 +276,7 @@ def launch(
     on the opened model before serving.
     Raises HubError / ModelLoadError when `model` cannot be opened.
     """
+    configure_decoding(compile, int8_weights)  # first: it decides where models are loaded
     model_folder = open_model(model) if model else None
     for folder in [] if model else local_models(models_dir):
         try:
@@ -282,7 +284,6 @@ def launch(
             break
         except ModelLoadError as error:
             print(f"skipping {error}", file=sys.stderr)
-    configure_decoding(compile, int8_weights)
     if model_folder is not None:
         warm_up(load_model(model_folder)[0])
     demo = build_app(model_folder, models_dir)

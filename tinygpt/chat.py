@@ -12,6 +12,8 @@ Design notes
   per token on GPUs) whose greedy output equals `generate()`'s. It runs in the caller's thread, one token per
   iteration, so streaming needs no thread or streamer, and closing the generator (Gradio's stop, a client
   going away) stops the work at once. Each concurrent chat borrows a decoder from a per-model pool.
+- Where and how it decodes is process-wide (`configure_decoding`): compiled or not, int8 weights or not; the
+  loaders put models on a CUDA GPU in bf16 when there is one (`place_for_decoding`), else on the CPU.
 - Text is decoded token by token; a multi-byte character split across byte-level BPE tokens decodes to
   U+FFFD until its last byte arrives, so only that is held back. `stream_reply` yields the whole reply so
   far, which is what Gradio's ChatInterface expects from a streaming function.

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from tests.tiny_models import tiny_model
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig
 from tinygpt.loading import ModelLoadError, load_model_and_tokenizer
+from tinygpt.modeling_tinygpt import CACHE_FIELD
 
 CORPUS = "To be, or not to be: that is the question.\n"
 WINDOW = 16
@@ -177,14 +178,14 @@ def test_forward_past_the_window_is_a_value_error(model):
 
 def test_cached_step_past_the_window_is_a_value_error(model):
     with torch.no_grad():
-        cache = model(torch.zeros(1, WINDOW, dtype=torch.long), use_cache=True).past_key_values
+        cache = getattr(model(torch.zeros(1, WINDOW, dtype=torch.long), use_cache=True), CACHE_FIELD)
         with pytest.raises(ValueError) as error:
-            model(torch.zeros(1, 1, dtype=torch.long), past_key_values=cache)
-    assert_one_line(error, f"position {WINDOW}", "generate()")
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+    assert_one_line(error, f"position {WINDOW}", "tinygpt.engine.Engine")
 
 
 def test_unseen_characters_become_unk_and_generate_runs(model, tokenizer):
-    inputs = tokenizer("To be — or 不 to be", return_tensors="pt")
+    inputs = tokenizer("be — or 不 be", return_tensors="pt")  # + 5 new tokens: inside the 16-token window
     assert (inputs.input_ids == tokenizer.unk_token_id).sum() == 2
     out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert out.shape == (1, inputs.input_ids.shape[1] + 5)

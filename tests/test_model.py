@@ -1,4 +1,4 @@
-"""TinyGPTForCausalLM through its public entry points: generate (caches, padding, the sliding window), save/load,
+"""TinyGPTForCausalLM through its public entry points: generate (caches, padding, the window's end), save/load,
 GPT-2 parity, and the training forward (loss, gradient checkpointing, logits_to_keep).
 
 Models are tiny and random (tests/tiny_models.py).
@@ -16,10 +16,12 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     TextIteratorStreamer,
+    pipeline,
 )
 
 from tests.tiny_models import tiny_model
 from tinygpt import TinyGPTCharTokenizer, TinyGPTForCausalLM
+from tinygpt.modeling_tinygpt import CACHE_FIELD  # `cache` from transformers 5.24 on, `past_key_values` before
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak!\n"
 NEW_TOKENS = 120
@@ -49,7 +51,7 @@ def greedy(model, input_ids, new_tokens=NEW_TOKENS, **kwargs):
 def test_greedy_generate_is_identical_with_and_without_kv_cache(model, tokenizer):
     prompt = tokenizer("Before we proceed", return_tensors="pt").input_ids
     without_cache = greedy(model, prompt, use_cache=False)
-    dynamic_cache = greedy(model, prompt, past_key_values=DynamicCache(config=model.config))
+    dynamic_cache = greedy(model, prompt, **{CACHE_FIELD: DynamicCache(config=model.config)})
     static_cache = greedy(model, prompt, cache_implementation="static")
 
     assert without_cache.shape == (1, prompt.shape[1] + NEW_TOKENS)
@@ -70,32 +72,48 @@ def test_left_padded_batch_matches_each_row_generated_alone(model, tokenizer):
         assert torch.equal(batched[row, batch.input_ids.shape[1] :], alone[0, alone.shape[1] - 30 :]), prompt
 
 
-def reference_sliding_greedy(model, input_ids, new_tokens):
-    """The window rule of TinyGPTForCausalLM.generate as a plain loop with no cache: the context grows until it
-    fills n_positions, then is cropped to its last 3/4 and re-encoded from position 0."""
-    window, keep = model.config.n_positions, model.config.n_positions * 3 // 4
-    sequence, start = input_ids, 0
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            if sequence.shape[1] - start >= window:
-                start = sequence.shape[1] - keep
-            logits = model(sequence[:, start:], use_cache=False).logits  # (1, T_context, vocab)
-            logits[:, -1, model.config.eos_token_id] = -float("inf")  # as min_new_tokens does
-            sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return sequence
-
-
-@pytest.mark.parametrize("prompt_text", ["Speak", "First Citizen:\nBefore we proceed any further, hear me"])
-def test_generation_past_the_window_slides_like_a_cropping_loop(tokenizer, prompt_text):
-    model = tiny_model(tokenizer, n_positions=24)
-    prompt = tokenizer(prompt_text, return_tensors="pt").input_ids  # the second is longer than the window
+def test_generate_inside_the_window_is_hfs_own_with_a_streamer(model, tokenizer):
+    prompt = tokenizer("Speak", return_tensors="pt").input_ids
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
-
-    out = greedy(model, prompt, new_tokens=60, streamer=streamer)  # several slides
-
-    assert out.shape == (1, prompt.shape[1] + 60)
-    assert torch.equal(out, reference_sliding_greedy(model, prompt, 60))
+    out = greedy(model, prompt, new_tokens=40, streamer=streamer)
     assert "".join(streamer) == tokenizer.decode(out[0, prompt.shape[1] :])
+
+
+def test_generate_past_the_window_names_the_engine(tokenizer):
+    model = tiny_model(tokenizer, n_positions=24)
+    prompt = tokenizer("Speak", return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match=r"position 24 is past the context window.*tinygpt\.engine\.Engine"):
+        greedy(model, prompt, new_tokens=40)
+
+
+def test_either_cache_name_is_accepted_and_the_output_names_it_as_transformers_does(model, tokenizer):
+    ids = tokenizer("Before we", return_tensors="pt").input_ids
+    full = model(ids, use_cache=False).logits[:, -1]
+    for name in ("cache", "past_key_values"):
+        cache = DynamicCache(config=model.config)
+        first = model(ids[:, :-1], **{name: cache})
+        assert getattr(first, CACHE_FIELD) is cache and cache.get_seq_length() == ids.shape[1] - 1
+        step = model(ids[:, -1:], **{name: cache}).logits[:, -1]
+        torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+
+
+def test_newest_transformers_prints_no_deprecation_warning(model, tokenizer, tmp_path, recwarn, capfd):
+    """Save, load, generate (dynamic and static cache) and a pipeline: no FutureWarning / DeprecationWarning from
+    transformers, and nothing about a deprecated argument in its log."""
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    prompt = tokenizer("Speak", return_tensors="pt").input_ids
+    greedy(loaded, prompt, new_tokens=10)
+    greedy(loaded, prompt, new_tokens=10, cache_implementation="static")
+    pipeline("text-generation", model=loaded, tokenizer=tokenizer)("Speak", max_new_tokens=10, do_sample=False)
+    transformers_warnings = [
+        str(w.message)
+        for w in recwarn
+        if issubclass(w.category, (FutureWarning, DeprecationWarning)) and "transformers" in w.filename
+    ]
+    assert transformers_warnings == []
+    assert "deprecated" not in capfd.readouterr().err.lower()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,8 +161,9 @@ def assert_same_logits_and_cached_step(ours, gpt2):
     with torch.no_grad():
         reference, ours_out = gpt2(ids, use_cache=True), ours(ids, use_cache=True)
         torch.testing.assert_close(ours_out.logits, reference.logits, atol=1e-4, rtol=0)
-        reference_step = gpt2(next_ids, past_key_values=reference.past_key_values).logits  # (2, 1, vocab)
-        ours_step = ours(next_ids, past_key_values=ours_out.past_key_values).logits
+        cached = {CACHE_FIELD: getattr(reference, CACHE_FIELD)}
+        reference_step = gpt2(next_ids, **cached).logits  # (2, 1, vocab)
+        ours_step = ours(next_ids, **{CACHE_FIELD: getattr(ours_out, CACHE_FIELD)}).logits
     torch.testing.assert_close(ours_step, reference_step, atol=1e-4, rtol=0)
     full = ours(torch.cat([ids, next_ids], dim=1), use_cache=False).logits[:, -1:]
     torch.testing.assert_close(ours_step, full, atol=1e-5, rtol=0)

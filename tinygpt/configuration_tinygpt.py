@@ -17,7 +17,7 @@ ACTIVATIONS = ("gelu_new", "gelu")  # GPT-2's names: its tanh-approximated GELU,
 @strict
 class TinyGPTConfig(PreTrainedConfig):
     model_type = "tinygpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     attribute_map = {
         "hidden_size": "n_embd",
         "num_hidden_layers": "n_layer",

@@ -6,19 +6,22 @@ Design notes
 - GPT-2 parameter names (wte, wpe, h.N.ln_1, attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, ln_f), so GPT-2
   weights load with a transpose and nothing else (`TinyGPTForCausalLM.from_gpt2`).
 - Attention goes through `F.scaled_dot_product_attention`, which picks flash / memory-efficient kernels. The
-  mask comes from transformers' `create_causal_mask`: it returns None when plain causal attention is enough
-  (training, or decoding without padding) so SDPA takes its fastest path, and a boolean mask for left padding
-  and static caches.
-- KV cache: transformers `Cache` objects (DynamicCache, StaticCache). Each attention layer hands its new keys
-  and values to `cache.update(k, v, layer_idx)` and attends over what comes back. `generate()` comes from
-  `GenerationMixin`, so sampling, streaming, pipelines and static caches all work unchanged.
+  mask is built here (`attention_mask_for`) in a few lines instead of with transformers' `create_causal_mask`,
+  whose signature moved within 5.x: it is None when plain causal attention is enough (training, decoding
+  without padding), so SDPA takes its fastest path, and a boolean mask for left padding and static caches.
+- KV cache: transformers `Cache` objects (DynamicCache, StaticCache), or anything with the same `update`. Each
+  attention layer hands its new keys and values to `cache.update(k, v, layer_idx)` and attends over what comes
+  back. `generate()` comes from `GenerationMixin`, so sampling, streaming, pipelines and static caches work
+  unchanged.
+- The cache argument is `cache` from transformers 5.24 on and `past_key_values` before; `forward` takes either
+  name, and its outputs name the cache as the installed transformers does (`CACHE_FIELD`). Models saved by
+  tinygpt carry this file, so they load through remote code on every transformers from the floor to the newest.
 - Learned absolute positions cap the context at `n_positions`. `forward` refuses positions past it with a
-  ValueError (never an index error or a device assert). `generate` slides the window instead: when prompt plus
-  new tokens would not fit, it generates in chunks, each time keeping the last 3/4 of the window as context and
-  re-encoding it (positions restart at 0), as nanoGPT does when it crops its context.
+  ValueError (never an index error or a device assert). Text longer than the window comes from
+  `tinygpt.engine.Engine`, which slides the window as nanoGPT crops its context.
 """
 
-import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -28,11 +31,15 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_tinygpt import TinyGPTConfig
+
+# The outputs' name for the cache: `cache` from transformers 5.24 on, `past_key_values` before.
+CACHE_FIELD = (
+    "cache" if "cache" in {field.name for field in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+)
 
 
 class TinyGPTAttention(nn.Module):
@@ -49,23 +56,22 @@ class TinyGPTAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, attention_mask=None, past_key_values: Cache | None = None):
+    def forward(self, x, attention_mask=None, cache: Cache | None = None, past_length=0):
         B, T, C = x.shape  # batch, new tokens, n_embd
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, T_past + T, hs)
-        # No mask means "plain causal": is_causal for a block of new tokens, nothing for a single decoded token
-        # (it may attend to everything cached).
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs): S = T_past + T, or a static cache's size
+        mask = causal_mask(attention_mask, past_length, T, key_length=k.shape[2], device=x.device)  # None or (B,1,T,S)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=attention_mask,
+            attn_mask=mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=attention_mask is None and T > 1,
+            is_causal=mask is None and T > 1,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
@@ -95,8 +101,8 @@ class TinyGPTBlock(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = TinyGPTMLP(config)
 
-    def forward(self, x, attention_mask=None, past_key_values=None):
-        x = x + self.attn(self.ln_1(x), attention_mask, past_key_values)
+    def forward(self, x, attention_mask=None, cache=None, past_length=0):
+        x = x + self.attn(self.ln_1(x), attention_mask, cache, past_length)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -108,7 +114,7 @@ class TinyGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TinyGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _can_compile_fullgraph = True
 
@@ -152,9 +158,10 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,  # the cache's name before transformers 5.24
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -165,50 +172,47 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         T = inputs_embeds.shape[1]
 
+        cache = cache if cache is not None else past_key_values
         if use_cache is None:  # a cache only helps generation; training never reuses it
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        # How many tokens the cache holds already: where the new ones go (an int, or a tensor for static caches).
+        needs_past_length = position_ids is None or attention_mask is None or attention_mask.dim() == 2
+        past_length = cache.get_seq_length() if cache is not None and needs_past_length else 0
         if position_ids is None:
             position_ids = (torch.arange(T, device=inputs_embeds.device) + past_length).unsqueeze(0)  # (1, T)
-        self._check_window(position_ids, past_length, T)
-
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )  # None (plain causal) or (B, 1, T, T_past + T)
+        self._check_window(position_ids, cache, T)
+        if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: plain causal attention, SDPA's fastest path
 
         x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
-            x = block(x, attention_mask=mask, past_key_values=past_key_values)
+            x = block(x, attention_mask=attention_mask, cache=cache, past_length=past_length)
         x = self.ln_f(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache if use_cache else None})
 
-    def _check_window(self, position_ids, past_length, T):
+    def _check_window(self, position_ids, cache, T):
         """A clear ValueError instead of an index error (or a CUDA device assert) in `wpe` past the window.
 
-        Never costs a host-device sync: CPU positions are read directly; on accelerators the cache length plus
-        the new tokens bounds them (positions count tokens, padding aside). Compiled graphs skip the check:
-        they are only reached through generate() / FastDecoder, which keep every step inside the window.
+        Never costs a host-device sync: CPU positions are read directly; on accelerators a dynamic cache's length
+        plus the new tokens bounds them (positions count tokens, padding aside). Static caches and the engine's
+        own cache keep their positions inside the window themselves, and compiled graphs skip the check.
         """
         if torch.compiler.is_compiling():
             return
         if position_ids.device.type == "cpu":
             last_position = int(position_ids.max())
-        elif isinstance(past_length, int):
+        else:
+            past_length = cache.get_seq_length() if isinstance(cache, Cache) else None
+            if not isinstance(past_length, int):
+                return
             last_position = past_length + T - 1
-        else:  # a static cache on an accelerator: its fixed length bounds the positions
-            return
         if last_position >= self.config.n_positions:
             raise ValueError(
                 f"TinyGPT: position {last_position} is past the context window (n_positions="
                 f"{self.config.n_positions}); pass at most {self.config.n_positions} tokens including the cache, "
-                "or use generate(), which slides the window."
+                "or generate longer texts with tinygpt.engine.Engine, which slides the window."
             )
 
 
@@ -234,18 +238,19 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,  # the cache's name before transformers 5.24
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
@@ -257,76 +262,7 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         if labels is not None:
             # Shifts labels by one, ignores -100, and divides by Trainer's num_items_in_batch when given.
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
-
-    # ------------------------------------------------------------------------------------------------------
-    # Generation past the window. GenerationMixin does the sampling; this only cuts the job into chunks that
-    # fit in n_positions and stitches them together.
-
-    @torch.no_grad()
-    def generate(self, inputs=None, generation_config=None, streamer=None, **kwargs):
-        config = copy.deepcopy(generation_config or self.generation_config)
-        model_kwargs = config.update(**kwargs)  # what is not a generation setting goes on to the model
-        input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
-        window = self.config.n_positions
-        if input_ids is None or model_kwargs.get("inputs_embeds") is not None:
-            return super().generate(inputs, generation_config=config, streamer=streamer, **model_kwargs)
-        prompt_length = input_ids.shape[1]
-        max_new_tokens = config.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = config.max_length - prompt_length
-        if prompt_length + max_new_tokens <= window:
-            return super().generate(input_ids, generation_config=config, streamer=streamer, **model_kwargs)
-        if config.return_dict_in_generate or (config.num_beams or 1) > 1 or (config.num_return_sequences or 1) > 1:
-            raise ValueError(
-                f"TinyGPT: generating past the {window}-token window slides the context, which supports plain "
-                "sampling or greedy search only; drop return_dict_in_generate/num_beams/num_return_sequences "
-                f"or keep prompt + max_new_tokens <= {window}."
-            )
-        return self._generate_sliding(input_ids, config, streamer, max_new_tokens, model_kwargs)
-
-    def _generate_sliding(self, input_ids, config, streamer, max_new_tokens, model_kwargs):
-        window = self.config.n_positions
-        attention_mask = model_kwargs.pop("attention_mask", None)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        eos_ids = torch.as_tensor(
-            config.eos_token_id if config.eos_token_id is not None else [], device=input_ids.device
-        ).flatten()
-        pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0].item() if len(eos_ids) else 0)
-        chunk_streamer = _ContinuationStreamer(streamer) if streamer is not None else None
-
-        sequences, mask = input_ids, attention_mask
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        remaining = max_new_tokens
-        min_new_tokens = config.min_new_tokens or 0  # spread over the chunks: each gets what is still owed
-        while remaining > 0:
-            context = sliding_context_length(sequences.shape[1], window)
-            budget = min(remaining, window - context)
-            chunk_config = copy.deepcopy(config)
-            chunk_config.max_new_tokens, chunk_config.max_length = budget, None
-            chunk_config.min_new_tokens = min(budget, max(0, min_new_tokens - (max_new_tokens - remaining)))
-            out = super().generate(
-                sequences[:, -context:],
-                attention_mask=mask[:, -context:],
-                generation_config=chunk_config,
-                streamer=chunk_streamer,
-                **model_kwargs,
-            )
-            new_tokens = out[:, context:]  # (B, <= budget)
-            new_tokens = torch.where(finished[:, None], torch.full_like(new_tokens, pad_id), new_tokens)
-            sequences = torch.cat([sequences, new_tokens], dim=1)
-            mask = torch.cat([mask, (~finished[:, None]).expand_as(new_tokens).to(mask.dtype)], dim=1)
-            if len(eos_ids):
-                finished |= torch.isin(new_tokens, eos_ids).any(dim=1)
-            remaining -= new_tokens.shape[1]
-            if finished.all() or new_tokens.shape[1] < budget:  # every row hit EOS or a stopping criterion
-                break
-        if streamer is not None:
-            streamer.end()
-        return sequences
-
-    # ------------------------------------------------------------------------------------------------------
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
     @classmethod
     def from_gpt2(cls, gpt2_model_or_path, **config_overrides) -> "TinyGPTForCausalLM":
@@ -373,31 +309,29 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
         return model
 
 
-def sliding_context_length(sequence_length: int, window: int) -> int:
-    """How many of the latest tokens to encode before generating more: all of them while there is room in the
-    window for another token, else the last 3/4 of the window (more kept, more re-encoding per slide)."""
-    return sequence_length if sequence_length < window else max(1, window * 3 // 4)
+def causal_mask(
+    attention_mask: torch.Tensor | None, past_length, T: int, key_length: int, device
+) -> torch.Tensor | None:
+    """The mask SDPA gets for T new tokens over key_length keys (the cache's, after its update): None where SDPA's
+    own causal rule is right, else a boolean (B or 1, 1, T, key_length), True where a query may attend.
 
-
-class _ContinuationStreamer:
-    """Lets one streamer follow several chunked generate() calls as if they were one.
-
-    Each generate() call first `put`s its prompt and finally calls `end()`. After the first chunk the prompt is
-    text the user already saw, and only the last `end()` is real, so both are dropped here.
+    `attention_mask` is what the caller passed: None, a 2-D padding mask (B, <= key_length) with 0 on padding, or
+    a 4-D mask that is final already (generate() makes one for static caches; the engine makes its own).
+    Built here in a few lines rather than with transformers' `create_causal_mask`, whose signature moved in 5.x.
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask
+    if attention_mask is None and (key_length == T or (T == 1 and key_length == past_length + 1)):
+        return None  # the keys are exactly the new tokens, or the past plus one new token
+    keys = torch.arange(key_length, device=device)  # (S,)
+    queries = torch.arange(T, device=device) + past_length  # (T,) where the new tokens sit
+    causal = keys[None, :] <= queries[:, None]  # (T, S): also hides a static cache's unwritten slots
+    if attention_mask is None:
+        return causal[None, None]  # (1, 1, T, S)
+    not_padding = F.pad(attention_mask.bool(), (0, key_length - attention_mask.shape[-1]), value=True)  # (B, S)
+    # Each query also sees itself, so a padding query (which sees no real token) gets no all-masked row (NaN).
+    itself = keys[None, :] == queries[:, None]  # (T, S)
+    return (causal & (not_padding[:, None, :] | itself))[:, None]  # (B, 1, T, S)
 
-    def __init__(self, streamer):
-        self.streamer = streamer
-        self.skip_next_put = False
 
-    def put(self, value):
-        if self.skip_next_put:
-            self.skip_next_put = False
-            return
-        self.streamer.put(value)
-
-    def end(self):
-        self.skip_next_put = True  # the next call's first put is its (already streamed) prompt
-
-
-__all__ = ["TinyGPTForCausalLM", "TinyGPTModel", "TinyGPTPreTrainedModel", "sliding_context_length"]
+__all__ = ["TinyGPTForCausalLM", "TinyGPTModel", "TinyGPTPreTrainedModel"]

@@ -1,14 +1,13 @@
 """tinygpt.chat: prompts through the chat template, trimming to the window, streaming, stopping."""
 
 import threading
-import time
 from itertools import pairwise
 
 import pytest
 
 from tests.chat_fixtures import CONVERSATIONS, N_POSITIONS, trained_chat_model
 from tinygpt import TinyGPTCharTokenizer
-from tinygpt.chat import build_prompt, stream_reply
+from tinygpt.chat import ChatModel, DecodingOptions, build_prompt
 from tinygpt.loading import load_model_and_tokenizer
 from tinygpt.webui import read_eval_loss
 
@@ -20,7 +19,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def chat_model():
-    return load_model_and_tokenizer(trained_chat_model())
+    return ChatModel(*load_model_and_tokenizer(trained_chat_model()), DecodingOptions(device="cpu"))
 
 
 def render(tokenizer, ids) -> str:
@@ -63,61 +62,54 @@ def test_single_overlong_message_is_cut_from_the_left(tokenizer):
 
 
 def test_stream_reply_is_cumulative_and_learned(chat_model):
-    model, tokenizer = chat_model
-    partials = list(stream_reply(model, tokenizer, [{"role": "user", "content": "hi"}], temperature=0))
+    partials = list(chat_model.stream_reply([{"role": "user", "content": "hi"}], temperature=0))
     assert len(partials) >= 3  # token by token, not one block
     assert all(later.startswith(earlier) for earlier, later in pairwise(partials))
     assert partials[-1] == "hello!"
 
 
 def test_greedy_replies_to_every_trained_question_in_a_multi_turn_chat(chat_model):
-    model, tokenizer = chat_model
     messages = []
     for question, answer in CONVERSATIONS:
         messages.append({"role": "user", "content": question})
-        *_, reply = stream_reply(model, tokenizer, messages, temperature=0, max_new_tokens=40)
+        *_, reply = chat_model.stream_reply(messages, temperature=0, max_new_tokens=40)
         assert reply == answer
         messages.append({"role": "assistant", "content": reply})
 
 
-def test_sampling_knobs_reach_generate(chat_model):
-    model, tokenizer = chat_model
+def test_sampling_knobs_reach_the_engine(chat_model):
     hi = [{"role": "user", "content": "hi"}]
-    *_, top1 = stream_reply(model, tokenizer, hi, temperature=1.5, top_k=1)  # top-1 sampling is greedy
-    *_, nucleus = stream_reply(model, tokenizer, hi, temperature=1.5, top_p=1e-6)  # so is a tiny nucleus
-    *_, short = stream_reply(model, tokenizer, hi, temperature=0, max_new_tokens=3)
+    *_, top1 = chat_model.stream_reply(hi, temperature=1.5, top_k=1)  # top-1 sampling is greedy
+    *_, nucleus = chat_model.stream_reply(hi, temperature=1.5, top_p=1e-6)  # so is a tiny nucleus
+    *_, short = chat_model.stream_reply(hi, temperature=0, max_new_tokens=3)
     assert top1 == nucleus == "hello!"
     assert short == "hel"  # one character per token
 
 
 def test_history_longer_than_the_window_never_errors(chat_model):
-    model, tokenizer = chat_model
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}] * 40
     messages.append({"role": "user", "content": "bye"})
-    *_, reply = stream_reply(model, tokenizer, messages, temperature=0, max_new_tokens=N_POSITIONS)
+    *_, reply = chat_model.stream_reply(messages, temperature=0, max_new_tokens=N_POSITIONS)
     assert reply == "goodbye!"
 
 
 def test_stop_event_ends_generation_early(chat_model):
-    model, tokenizer = chat_model
     stop = threading.Event()
-    stop.set()  # already pressed: at most the first token comes out
-    *_, reply = stream_reply(
-        model, tokenizer, [{"role": "user", "content": "how are you?"}], temperature=0, stop_event=stop
-    )
+    stop.set()  # already pressed: no token comes out
+    *_, reply = chat_model.stream_reply([{"role": "user", "content": "how are you?"}], temperature=0, stop_event=stop)
     assert len(reply) <= 1
 
 
-def test_abandoned_stream_stops_its_generation_thread(chat_model):
-    model, tokenizer = chat_model
+def test_a_closed_stream_ends_its_run_and_returns_the_engine(chat_model):
+    with chat_model.engine() as only:  # replies one after another share one engine
+        pass
     # A question the model never saw, at high temperature, so it rambles up to max_new_tokens.
-    stream = stream_reply(model, tokenizer, [{"role": "user", "content": "zzz"}], temperature=2.0, max_new_tokens=5000)
+    stream = chat_model.stream_reply([{"role": "user", "content": "zzz"}], temperature=2.0, max_new_tokens=5000)
     next(stream)
     stream.close()  # what Gradio does when the user presses stop or leaves
-    deadline = time.monotonic() + 10
-    while any(t.name == "tinygpt-generate" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(t.name == "tinygpt-generate" for t in threading.enumerate())
+    with chat_model.engine() as engine:
+        assert engine is only  # back in the pool, not lost
+        assert len(list(engine.stream([0], max_new_tokens=3))) == 3  # and its run is over (one run at a time)
 
 
 def test_eval_loss_is_read_from_the_training_metrics():

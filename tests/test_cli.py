@@ -6,6 +6,7 @@ commands are independent, so they run a few at a time (each one pays the torch +
 """
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -20,13 +21,16 @@ from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from tinygpt.chat import configure_decoding, stream_reply
+from tinygpt.chat import ChatModel, DecodingOptions
 from tinygpt.cli import main
 from tinygpt.hub import push_model
 from tinygpt.loading import load_model_and_tokenizer
 
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs
 GENERATE_PROMPT = "<BOS><user>:how are you?<EOS><assistant>:"
+LONG_GENERATION = 150  # new tokens: past the chat model's 64-token window, twice over
+NO_CXX = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler (g++)")
+RATE_LINE = re.compile(r"^(\d+) tokens in \d+\.\d\d s \([\d,]+ tok/s\)$")
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +129,22 @@ SUCCESS_CASES = {  # name: (argv, env overrides); what they must do is checked i
         ],
         {},
     ),
+    "generate int8 past the window": (
+        lambda d: [
+            "generate",
+            d["model"],
+            "--prompt",
+            GENERATE_PROMPT,
+            "--temperature",
+            "0",
+            *(["--int8"] if shutil.which("g++") else []),
+            "--max_new_tokens",
+            LONG_GENERATION,
+            "--min_new_tokens",
+            LONG_GENERATION,
+        ],
+        {},
+    ),
 }
 
 
@@ -189,6 +209,18 @@ def test_generate_greedy_from_the_hub_prints_what_model_generate_gives(runs, mod
     result, _ = runs["results"]["generate greedy from the hub"]
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected + "\n"
+    assert RATE_LINE.match(result.stderr.strip().splitlines()[-1]), result.stderr  # after the pull's progress bar
+
+
+def test_generate_slides_past_the_window_for_min_new_tokens_and_reports_its_rate(runs):
+    result, _ = runs["results"]["generate int8 past the window"]
+    assert result.returncode == 0, result.stderr
+    *announcements, rate = result.stderr.strip().splitlines()
+    assert announcements == (
+        ["compiling decoding (the first time takes a while; it is cached after)..."] if shutil.which("g++") else []
+    )
+    assert int(RATE_LINE.match(rate)[1]) == LONG_GENERATION  # no end-of-text before min_new_tokens
+    assert len(result.stdout) > LONG_GENERATION // 2  # a character model's text, minus the special tokens
 
 
 # -- chat, driven through stdin --------------------------------------------------------------------------------
@@ -206,9 +238,6 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float = 120) -> 
     return output.decode()
 
 
-NO_CXX = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler (g++)")
-
-
 # compiled: the same replies from the inductor-compiled CPU decoder, after a warm-up announced at start-up.
 # int8: the replies of an int8-weight decoder (which may part from fp32's at a near tie), made here in-process.
 @pytest.mark.parametrize(
@@ -217,15 +246,11 @@ NO_CXX = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile o
     ids=["eager", "compiled", "int8"],
 )
 def test_chat_streams_a_reply_per_turn_with_the_history_then_quits(model_dir, tmp_path, decoding_flags):
-    model, tokenizer = load_model_and_tokenizer(model_dir)
-    configure_decoding(None, int8_weights="--int8" in decoding_flags)
-    try:
-        history = [{"role": "user", "content": "hi"}]
-        first = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
-        history += [{"role": "assistant", "content": first}, {"role": "user", "content": "what is your name?"}]
-        second = list(stream_reply(model, tokenizer, history, temperature=0))[-1]
-    finally:
-        configure_decoding(None)
+    chat = ChatModel(*load_model_and_tokenizer(model_dir), DecodingOptions(int8_weights="--int8" in decoding_flags))
+    history = [{"role": "user", "content": "hi"}]
+    first = list(chat.stream_reply(history, temperature=0))[-1]
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "what is your name?"}]
+    second = list(chat.stream_reply(history, temperature=0))[-1]
     assert first.strip() and second.strip()
 
     with tempfile.TemporaryFile() as stderr:
@@ -276,7 +301,19 @@ def test_tinygpt_help_lists_the_commands(capsys):
             "chat",
             ["MODEL", "--system_prompt", "--compile", "--int8", "--temperature", "--max_new_tokens", "exit or quit"],
         ),
-        ("generate", ["MODEL", "--prompt", "--temperature", "--top_k", "--top_p", "--max_new_tokens", "--seed"]),
+        (
+            "generate",
+            [
+                "MODEL",
+                "--prompt",
+                "--compile",
+                "--int8",
+                "--temperature",
+                "--max_new_tokens",
+                "--min_new_tokens",
+                "--seed",
+            ],
+        ),
         ("push", ["DIR", "owner/name", "--private", "--commit_message", "auto_map", "model card"]),
         ("pull", ["owner/name", "DIR", "--revision", "HF cache"]),
     ],
@@ -298,6 +335,8 @@ def test_each_command_has_help(command, expected, capsys):
         (["chat", "m", "--temperature", "-1"], "argument --temperature: must be 0 or more"),
         (["chat", "m", "--max_new_tokens", "0"], "argument --max_new_tokens: must be at least 1"),
         (["chat", "m", "--int8", "--no-compile"], "--int8 decodes through a compiled step"),
+        (["generate", "m", "--prompt", "x", "--int8", "--no-compile"], "--int8 decodes through a compiled step"),
+        (["generate", "m", "--prompt", "x", "--min_new_tokens", "-1"], "argument --min_new_tokens: must be 0 or more"),
         (["pull"], "the following arguments are required: owner/name"),
     ],
 )

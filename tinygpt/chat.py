@@ -1,6 +1,4 @@
-"""Chat generation: turn a conversation into a prompt and stream the model's reply.
-
-Shared by the Gradio app (tinygpt.webui) and the console chat (`tinygpt chat`).
+"""Chat: turn a conversation into a prompt and stream the model's reply, for the app and `tinygpt chat`.
 
 Design notes
 - The prompt is the tokenizer's own chat template (`apply_chat_template(add_generation_prompt=True)`), the
@@ -8,27 +6,23 @@ Design notes
 - The context window is finite: `build_prompt` drops the oldest turns until the prompt leaves room for the
   reply, and cuts a single over-long message from the left (its end is what the reply answers). It never
   raises on a long history.
-- Decoding is `tinygpt.decoding.FastDecoder`: a lean token loop over a preallocated KV cache (one CUDA graph
-  per token on GPUs) whose greedy output equals `generate()`'s. It runs in the caller's thread, one token per
-  iteration, so streaming needs no thread or streamer, and closing the generator (Gradio's stop, a client
-  going away) stops the work at once. Each concurrent chat borrows a decoder from a per-model pool.
-- Where and how it decodes is process-wide (`configure_decoding`): compiled or not, int8 weights or not; the
-  loaders put models on a CUDA GPU in bf16 when there is one (`place_for_decoding`), else on the CPU.
-- Text is decoded token by token; a multi-byte character split across byte-level BPE tokens decodes to
-  U+FFFD until its last byte arrives, so only that is held back. `stream_reply` yields the whole reply so
-  far, which is what Gradio's ChatInterface expects from a streaming function.
+- `ChatModel` is a model and its tokenizer with the decoding options (`tinygpt.engine.Engine`'s device, compile
+  and int8 choices), held by the object. Each reply borrows an engine from the object's pool: concurrent
+  chats each get their own, made on first need with the same options.
+- Decoding runs in the caller's thread, one token per iteration, so streaming needs no thread or streamer, and
+  closing the generator (Gradio's stop, a client going away) stops the work at once.
+- Text is decoded token by token (`text_pieces`). `stream_reply` yields the whole reply so far, which is what
+  Gradio's ChatInterface expects from a streaming function.
 """
 
 import bisect
 import queue
 import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 
-import torch
-
-from .decoding import FastDecoder, compiles
+from .engine import Engine, resolve_placement
 
 
 def message_text(content) -> str:
@@ -84,126 +78,100 @@ def build_prompt(
     return ids[-max_prompt_tokens:]  # only bites when the bare template is longer than the budget
 
 
-def generation_kwargs(
-    tokenizer, *, temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int
-) -> dict:
-    """generate() settings for a chat reply: greedy at temperature 0, else sampling with optional top-k / top-p."""
-    settings = dict(
-        max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    if temperature <= 0:
-        return {**settings, "do_sample": False}
-    return {
-        **settings,
-        "do_sample": True,
-        "temperature": float(temperature),
-        "top_k": int(top_k) if top_k else None,  # 0 / None: no top-k filtering
-        "top_p": float(top_p) if top_p is not None and 0 < top_p < 1 else None,  # 1 / None: no nucleus filtering
-    }
+def text_pieces(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
+    """The text of a stream of token ids, piece by piece; a character whose bytes span several byte-level BPE tokens
+    decodes to U+FFFD until its last byte arrives, so only that is held back."""
+    undecoded: list[int] = []
+    for token_id in token_ids:
+        undecoded.append(token_id)
+        piece = tokenizer.decode(undecoded, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if piece.endswith("\ufffd"):
+            continue
+        undecoded = []
+        if piece:
+            yield piece
 
 
-_decoders: "weakref.WeakKeyDictionary[object, queue.SimpleQueue]" = weakref.WeakKeyDictionary()
-_decoders_lock = threading.Lock()
-_decoder_options = {"compile": None, "int8_weights": False}  # FastDecoder's defaults: compiled on CUDA only
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How replies are decoded (see tinygpt.engine.Engine): `device="auto"` is a CUDA GPU in bf16 when there is
+    one; `compile` None compiles on CUDA only; `int8_weights` decodes on the CPU with int8 weights (compiled)."""
+
+    compile: bool | None = None
+    int8_weights: bool = False
+    device: str | None = "auto"
 
 
-def configure_decoding(compile: bool | None, int8_weights: bool = False) -> None:
-    """Process-wide options of chat decoders (see FastDecoder). `compile` (None: on CUDA only): on a CPU decoding
-    is 2-3x faster after ~25 s of compiling per decoding mode the first time (the compile cache keeps it after).
-    `int8_weights` (CPU only; implies compiling): decode with int8 weights, ~1.5x faster again."""
-    with _decoders_lock:
-        _decoder_options.update(compile=compile, int8_weights=int8_weights)
-        _decoders.clear()  # decoders made under the old choice are not reused
+class ChatModel:
+    """A model and its tokenizer, ready to chat: engines with the same options, one per concurrent reply."""
 
+    def __init__(self, model, tokenizer, options: DecodingOptions = DecodingOptions()):
+        self.tokenizer, self.options = tokenizer, options
+        device, dtype = resolve_placement(model, options.device, None, options.int8_weights)
+        self.model = model.to(device=device, dtype=dtype)  # where every engine decodes (int8: each its own copy)
+        self._idle: queue.SimpleQueue[Engine] = queue.SimpleQueue()
 
-def place_for_decoding(model):
-    """A freshly loaded model, moved to where chat decodes: a CUDA GPU in bf16 when there is one (FastDecoder's
-    compiled, CUDA-graphed path), else left on the CPU. Int8 weights are a CPU mode and keep it there."""
-    if torch.cuda.is_available() and not _decoder_options["int8_weights"]:
-        return model.to("cuda", torch.bfloat16)
-    return model
+    @contextmanager
+    def engine(self) -> Iterator[Engine]:
+        """An idle engine (made when none is: compiling, if the options compile), back to the pool when done."""
+        try:
+            engine = self._idle.get_nowait()
+        except queue.Empty:
+            engine = Engine(self.model, compile=self.options.compile, int8_weights=self.options.int8_weights)
+        try:
+            yield engine
+        finally:
+            self._idle.put(engine)
 
+    def warm_up(self) -> None:
+        """Compile now (when the options compile) rather than in the first chat."""
+        with self.engine() as engine:
+            if engine.compiled:
+                print("compiling chat decoding (the first time takes a while; it is cached after)...", flush=True)
+            engine.warm_up()
 
-def warm_up(model) -> None:
-    """Make a decoder for `model` and run both decoding modes once, so compiling happens now, not in a chat."""
-    if compiles(model.device, **_decoder_options):
-        print("compiling chat decoding (the first time takes a while; it is cached after)...", flush=True)
-    with borrowed_decoder(model) as decoder:
-        for temperature in (0.0, 1.0):
-            list(decoder.stream([0], max_new_tokens=2, temperature=temperature))
+    def stream_reply(
+        self,
+        messages: list[dict],
+        *,
+        system_prompt: str | None = None,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int = 256,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply to the last user message, cumulatively ("He", "Hello", "Hello!"), until <EOS> or a stop.
 
-
-@contextmanager
-def borrowed_decoder(model) -> Iterator[FastDecoder]:
-    """A FastDecoder for `model` from its pool (made on first need), returned when the reply is done."""
-    with _decoders_lock:
-        pool = _decoders.setdefault(model, queue.SimpleQueue())
-        options = dict(_decoder_options)
-    try:
-        decoder = pool.get_nowait()
-    except queue.Empty:
-        decoder = FastDecoder(model, **options)  # one KV cache per concurrent chat
-    try:
-        yield decoder
-    finally:
-        pool.put(decoder)
-
-
-def stream_reply(
-    model,
-    tokenizer,
-    messages: list[dict],
-    *,
-    system_prompt: str | None = None,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    max_new_tokens: int = 256,
-    stop_event: threading.Event | None = None,
-) -> Iterator[str]:
-    """Yield the reply to the last user message, cumulatively ("He", "Hello", "Hello!"), until <EOS> or a stop.
-
-    The prompt keeps at least half the context window; a reply longer than what is left slides the window.
-    """
-    window = model.config.n_positions
-    prompt_ids = build_prompt(
-        tokenizer, messages, system_prompt=system_prompt, max_prompt_tokens=max(window - max_new_tokens, window // 2)
-    )
-    reply, undecoded = "", []  # undecoded: tokens of a character still missing bytes
-    with (
-        borrowed_decoder(model) as decoder,
-        closing(
-            decoder.stream(
-                prompt_ids,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                stop_ids=[tokenizer.eos_token_id],
-                stop_event=stop_event,
-            )
-        ) as tokens,
-    ):
-        for token_id in tokens:
-            undecoded.append(token_id)
-            piece = tokenizer.decode(undecoded, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            if piece.endswith("\ufffd"):
-                continue
-            undecoded = []
-            if piece:
+        The prompt keeps at least half the context window; a reply longer than what is left slides the window.
+        """
+        tokenizer, window = self.tokenizer, self.model.config.n_positions
+        prompt_ids = build_prompt(
+            tokenizer,
+            messages,
+            system_prompt=system_prompt,
+            max_prompt_tokens=max(window - max_new_tokens, window // 2),
+        )
+        reply = ""
+        with (
+            self.engine() as engine,
+            closing(
+                engine.stream(
+                    prompt_ids,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    stop_ids=[tokenizer.eos_token_id],
+                    stop_event=stop_event,
+                )
+            ) as tokens,
+        ):
+            for piece in text_pieces(tokenizer, tokens):
                 reply += piece
                 yield reply
-    if not reply:  # the model answered <EOS> straight away: still one (empty) reply
-        yield reply
+        if not reply:  # the model answered <EOS> straight away: still one (empty) reply
+            yield reply
 
 
-__all__ = [
-    "borrowed_decoder",
-    "build_prompt",
-    "configure_decoding",
-    "generation_kwargs",
-    "message_text",
-    "place_for_decoding",
-    "stream_reply",
-    "warm_up",
-]
+__all__ = ["ChatModel", "DecodingOptions", "build_prompt", "message_text", "text_pieces"]

@@ -20,12 +20,14 @@ import argparse
 import getpass
 import sys
 import threading
+import time
 
 from huggingface_hub import get_token
-from transformers import TextStreamer, set_seed
+from transformers import set_seed
 from transformers.utils import logging as transformers_logging
 
-from .chat import configure_decoding, generation_kwargs, place_for_decoding, stream_reply, warm_up
+from .chat import ChatModel, DecodingOptions, text_pieces
+from .engine import Engine
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load_model_and_tokenizer
 
@@ -35,7 +37,7 @@ EXIT_WORDS = ("exit", "quit")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "chat":
+    if args.command in ("chat", "generate"):
         check_decoding_arguments(parser, args)
     try:
         return args.run(args)
@@ -66,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="continue a text", description=run_generate.__doc__)
     generate.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (owner/name)")
     generate.add_argument("--prompt", required=True, type=non_empty, help="the text to continue")
+    add_decoding_arguments(generate)
     add_sampling_arguments(generate)
+    generate.add_argument(
+        "--min_new_tokens", type=non_negative_int, default=0, help="no end-of-text before this many tokens (default 0)"
+    )
     generate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
     generate.set_defaults(run=run_generate)
 
@@ -92,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """How chat replies are decoded: flags shared by `tinygpt chat` and app.py."""
+    """How text is decoded (tinygpt.engine.Engine): flags shared by `tinygpt chat`, `tinygpt generate` and app.py."""
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="compile decoding (default: on a GPU only; on a CPU 2-3x faster after ~1 min of compiling the first time)",
+        help="compile decoding (default: on a GPU only; on a CPU it is 2-3x faster after compiling, which takes a "
+        "while the first time and comes from the compile cache after)",
     )
     parser.add_argument(
         "--int8",
@@ -135,9 +142,8 @@ def run_chat(args: argparse.Namespace) -> int:
     """Chat with a model in the terminal. Replies stream as they are generated; the whole conversation is the
     context of each reply (the oldest turns drop out when it outgrows the model's window). Type exit or quit
     (or press Ctrl-D) to end; Ctrl-C stops a reply."""
-    configure_decoding(args.compile, int8_weights=args.int8)
-    model, tokenizer = load(args.model)
-    warm_up(model)
+    chat_model = ChatModel(*load(args.model), DecodingOptions(compile=args.compile, int8_weights=args.int8))
+    chat_model.warm_up()
     print(f"Chatting with {args.model}. Type exit or quit to end; Ctrl-C stops a reply.", flush=True)
     messages = []
     while True:
@@ -154,8 +160,8 @@ def run_chat(args: argparse.Namespace) -> int:
         print("tinygpt> ", end="", flush=True)
         reply, stop = "", threading.Event()
         try:
-            for reply_so_far in stream_reply(
-                model, tokenizer, messages, system_prompt=args.system_prompt, stop_event=stop, **sampling_settings(args)
+            for reply_so_far in chat_model.stream_reply(
+                messages, system_prompt=args.system_prompt, stop_event=stop, **sampling_settings(args)
             ):
                 print(reply_so_far[len(reply) :], end="", flush=True)  # only the new text
                 reply = reply_so_far
@@ -167,13 +173,33 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Continue a plain text (no chat template), printing the new text as it is generated."""
+    """Continue a plain text (no chat template), printing the new text as it is generated, then
+    `N tokens in S s (R tok/s)` on stderr. Past the model's window the context slides (its last 3/4 is kept)."""
     model, tokenizer = load(args.model)
+    engine = Engine(model, device="auto", compile=args.compile, int8_weights=args.int8)
+    if engine.compiled:
+        print("compiling decoding (the first time takes a while; it is cached after)...", file=sys.stderr, flush=True)
+        engine.warm_up()  # so that the figure below times decoding, not compiling
     if args.seed is not None:
         set_seed(args.seed)
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)  # (1, T)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)  # prints to stdout
-    model.generate(**inputs, streamer=streamer, **generation_kwargs(tokenizer, **sampling_settings(args)))
+    prompt_ids = tokenizer(args.prompt)["input_ids"]
+    stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    new_tokens: list[int] = []
+
+    def decoded():
+        for token_id in engine.stream(
+            prompt_ids, stop_ids=stop_ids, min_new_tokens=args.min_new_tokens, **sampling_settings(args)
+        ):
+            new_tokens.append(token_id)
+            yield token_id
+
+    started = time.perf_counter()
+    for piece in text_pieces(tokenizer, decoded()):
+        print(piece, end="", flush=True)
+    print(flush=True)
+    seconds = time.perf_counter() - started
+    rate = len(new_tokens) / max(seconds, 1e-9)
+    print(f"{len(new_tokens)} tokens in {seconds:.2f} s ({rate:,.0f} tok/s)", file=sys.stderr)
     return 0
 
 
@@ -201,11 +227,10 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def load(model: str):
-    """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first; on a CUDA GPU if any."""
+    """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first."""
     folder = local_model_folder(model)
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar would only clutter the conversation
-    model, tokenizer = load_model_and_tokenizer(folder)
-    return place_for_decoding(model), tokenizer
+    return load_model_and_tokenizer(folder)
 
 
 # -- argument types: a bad value is argparse's one-line usage error -----------------------------------------------

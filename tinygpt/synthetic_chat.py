@@ -22,7 +22,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-import torch
+from .engine import Engine, Request
 
 SYSTEM_PROMPTS = ["You are tinygpt.", "Answer briefly."]
 SYSTEM_PROMPT_RATE = 0.1  # share of conversations that open with a system prompt
@@ -214,35 +214,30 @@ def _with_system_prompt(messages: list[dict], rng: random.Random) -> list[dict]:
     return messages
 
 
-@torch.no_grad()
 def exact_match(
     model, tokenizer, questions: list[HeldOutQuestion], max_new_tokens: int = 32, batch_size: int = 64
 ) -> float:
     """Fraction of `questions` whose greedy reply (the text before <EOS>, stripped) equals the answer exactly.
 
-    Prompts are rendered with the chat template's generation prompt and batched with left padding, so every
-    prompt ends where generation starts.
+    Prompts are rendered with the chat template's generation prompt and decoded `batch_size` at a time by the
+    engine, on the model's own device.
     """
     was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(questions), batch_size):
-        batch = questions[start : start + batch_size]
-        prompts = [tokenizer.apply_chat_template(q.messages, tokenize=False, add_generation_prompt=True) for q in batch]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        inputs = inputs.to(model.device)
-        output = model.generate(
-            **inputs,
+    engine = Engine(model, max_batch=max(1, min(batch_size, len(questions))), compile=False)
+    requests = [
+        Request(
+            tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True, return_dict=False),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )  # (B, prompt + new)
-        for question, reply_ids in zip(batch, output[:, inputs["input_ids"].shape[1] :].tolist(), strict=True):
-            if tokenizer.eos_token_id in reply_ids:
-                reply_ids = reply_ids[: reply_ids.index(tokenizer.eos_token_id)]
-            correct += tokenizer.decode(reply_ids, skip_special_tokens=True).strip() == question.answer.strip()
+            stop_ids=[tokenizer.eos_token_id],
+        )
+        for q in questions
+    ]
+    replies = engine.generate(requests)
     model.train(was_training)
+    correct = sum(
+        tokenizer.decode(reply, skip_special_tokens=True).strip() == question.answer.strip()
+        for question, reply in zip(questions, replies, strict=True)
+    )
     return correct / max(len(questions), 1)
 
 

@@ -58,6 +58,7 @@ from .data import (
     read_text_sources,
     split_train_val,
 )
+from .engine import Engine, Request, settings_from
 from .loading import ModelLoadError, load_model_and_tokenizer
 from .modeling_tinygpt import TinyGPTForCausalLM
 from .muon import MuonWithAdamW
@@ -583,13 +584,18 @@ def set_generation_defaults(model, tokenizer, chat: bool) -> None:
         config.do_sample, config.temperature, config.top_k = True, 0.8, 200
 
 
-@torch.no_grad()
 def sample_text(model, tokenizer, prompt_ids: torch.Tensor, seed: int, max_new_tokens: int = 200) -> str:
-    """One continuation of the prompt with the model's generation defaults, special tokens shown."""
+    """The prompt and one continuation with the model's generation defaults (the engine, on the model's device),
+    special tokens shown."""
+    was_training = model.training
     torch.manual_seed(seed)
-    prompt_ids = prompt_ids.to(model.device)  # (1, T)
-    output = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens)
-    return tokenizer.decode(output[0], skip_special_tokens=False)  # (1, T + new) -> text
+    prompt = prompt_ids[0].tolist()  # (1, T) -> T ids
+    settings = settings_from(model.generation_config) | {"max_new_tokens": max_new_tokens}
+    (new_tokens,) = Engine(model, compile=False).generate(
+        [Request(prompt, stop_ids=[tokenizer.eos_token_id], **settings)]
+    )
+    model.train(was_training)
+    return tokenizer.decode(prompt + new_tokens, skip_special_tokens=False)
 
 
 def peak_memory() -> tuple[int, str]:

@@ -1,11 +1,12 @@
 """The Gradio app: chat with a TinyGPT model, pick a local one or pull one from the Hub, push it to the Hub.
 
 Design notes
-- One Blocks page, three tabs. Chat is a `gr.ChatInterface` around `tinygpt.chat.stream_reply`, exposed to
-  gradio_client as api_name="chat" with inputs (message, system_prompt, temperature, top_k, top_p,
+- One Blocks page, three tabs. Chat is a `gr.ChatInterface` around `tinygpt.chat.ChatModel.stream_reply`,
+  exposed to gradio_client as api_name="chat" with inputs (message, system_prompt, temperature, top_k, top_p,
   max_new_tokens).
 - Each browser session chats with its own model: a `gr.State` holds the model's folder. Loaded models are
-  shared by all sessions through a small cache, so eight users of one model hold one copy of it.
+  shared by all sessions through a small cache, so eight users of one model hold one copy of it. How replies
+  are decoded (device, compiling, int8 weights) is the app's `DecodingOptions`, given to `build_app`.
 - Concurrency: the queue runs up to CHAT_CONCURRENCY replies at once, each generating in its own thread;
   loading, pulling and pushing are separate events with their own queues, so a long reply never blocks them
   or anybody's page.
@@ -23,7 +24,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
 
-from .chat import configure_decoding, place_for_decoding, stream_reply, warm_up  # noqa: E402
+from .chat import ChatModel, DecodingOptions  # noqa: E402
 from .hub import HubError, local_model_folder, push_model  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
 
@@ -61,8 +62,18 @@ def load_model(folder: str):
 @functools.lru_cache(maxsize=3)
 def _load_cached(folder: str, weights_mtime_ns: int):
     # Keyed by the weights' mtime too: a folder retrained while the app runs is read again.
-    model, tokenizer = load_model_and_tokenizer(folder)
-    return place_for_decoding(model), tokenizer
+    return load_model_and_tokenizer(folder)
+
+
+def chat_model(folder: str, options: DecodingOptions) -> ChatModel:
+    """The folder's model ready to chat with these options (placed on first use), from the cache."""
+    weights = Path(folder) / "model.safetensors"
+    return _chat_model_cached(folder, weights.stat().st_mtime_ns if weights.is_file() else 0, options)
+
+
+@functools.lru_cache(maxsize=3)
+def _chat_model_cached(folder: str, weights_mtime_ns: int, options: DecodingOptions) -> ChatModel:
+    return ChatModel(*_load_cached(folder, weights_mtime_ns), options)
 
 
 def read_eval_loss(folder: str | os.PathLike) -> float | None:
@@ -99,10 +110,22 @@ def describe_model(folder: str | None) -> tuple[str, str | None]:
 # -- the page -------------------------------------------------------------------------------------------------
 
 
-def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "runs") -> gr.Blocks:
-    """The Blocks page; `model_folder` (an already opened folder, see open_model) is every new session's model."""
+def build_app(
+    model_folder: str | None = None,
+    models_dir: str | os.PathLike = "runs",
+    options: DecodingOptions | None = None,
+) -> gr.Blocks:
+    """The Blocks page; `model_folder` (an already opened folder, see open_model) is every new session's model,
+    and `options` (default: DecodingOptions()) say how every reply is decoded."""
+    options = options or DecodingOptions()
     info, loss_plot = describe_model(model_folder)
     local = local_models(models_dir)
+
+    def reply(message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder):
+        """Reply to `message` in this session's conversation; streams the reply so far (the chat's API endpoint)."""
+        yield from chat(
+            message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder, options
+        )
 
     with gr.Blocks(title="tinygpt", analytics_enabled=False) as demo:
         current_model = gr.State(model_folder)  # per session: the folder this session chats with
@@ -122,7 +145,7 @@ def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "
                     )
                 with gr.Column(scale=4):
                     gr.ChatInterface(
-                        chat,
+                        reply,
                         chatbot=gr.Chatbot(elem_id="chatbot", height=480),
                         textbox=gr.Textbox(
                             placeholder="Say something", elem_id="chat-input", submit_btn=True, stop_btn=True
@@ -196,17 +219,15 @@ def build_app(model_folder: str | None = None, models_dir: str | os.PathLike = "
     return demo
 
 
-def chat(message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder):
-    """Reply to `message` in this session's conversation; streams the reply so far (the chat's API endpoint)."""
+def chat(message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder, options):
+    """Reply to `message` in this session's conversation with `model_folder`'s model; streams the reply so far."""
     if model_folder is None:
         raise gr.Error("No model loaded: choose or pull one in the Model tab.", print_exception=False)
     try:
-        model, tokenizer = load_model(model_folder)
+        model = chat_model(model_folder, options)
     except ModelLoadError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    yield from stream_reply(
-        model,
-        tokenizer,
+    yield from model.stream_reply(
         [*history, {"role": "user", "content": message}],
         system_prompt=system_prompt or None,
         temperature=temperature,
@@ -272,11 +293,11 @@ def launch(
 ) -> None:
     """Open `model` (a folder or a Hub repo id; default: the first local model that loads), build the page, serve.
 
-    `compile`, `int8_weights`: how chat replies are decoded (tinygpt.chat.configure_decoding); compiling happens
+    `compile`, `int8_weights`: how chat replies are decoded (tinygpt.chat.DecodingOptions); compiling happens
     on the opened model before serving.
     Raises HubError / ModelLoadError when `model` cannot be opened.
     """
-    configure_decoding(compile, int8_weights)  # first: it decides where models are loaded
+    options = DecodingOptions(compile=compile, int8_weights=int8_weights)
     model_folder = open_model(model) if model else None
     for folder in [] if model else local_models(models_dir):
         try:
@@ -285,8 +306,8 @@ def launch(
         except ModelLoadError as error:
             print(f"skipping {error}", file=sys.stderr)
     if model_folder is not None:
-        warm_up(load_model(model_folder)[0])
-    demo = build_app(model_folder, models_dir)
+        chat_model(model_folder, options).warm_up()
+    demo = build_app(model_folder, models_dir, options)
     demo.queue(max_size=QUEUE_SIZE)
     demo.launch(server_name=host, server_port=port, share=share)
 

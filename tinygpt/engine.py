@@ -1,0 +1,457 @@
+"""The decoding engine: every text tinygpt writes comes out of `Engine` (chat and the app, `tinygpt generate`,
+the exam and the sample after training, the benchmarks).
+
+Why not `generate()`? For a 10M-parameter model the model is the cheap part: per token, `generate()` runs logits
+processors, stopping criteria and cache bookkeeping in Python, which costs far more than six small transformer
+layers. `generate()`, pipelines and streamers still work on the model (they are HF's own); this loop keeps only
+what a text needs and puts everything that decides how text is decoded in one object:
+
+- Slots. The engine holds one KV cache with `max_batch` rows (slots). Each request decodes in its own slot at its
+  own position; a decode step feeds every slot's newest token at once. Requests join (a prefill of their slot)
+  and leave (the slot is freed) between steps, so many requests share one batch.
+- Sampling: temperature (0 = greedy), top-k and top-p per slot, held in device tensors (no host sync, no
+  recompile). `min_new_tokens` bans the stop tokens until then, as generate()'s MinNewTokensLength processor.
+- Stops: a request ends at one of its stop tokens (not returned), at max_new_tokens, or when cancelled.
+- The window: learned positions end at n_positions. A slot that fills it re-encodes its last 3/4 window
+  (positions from 0 again) and goes on, as nanoGPT crops its context. This is the only sliding rule in tinygpt.
+- Placement and speed: `device="auto"` puts the model on a CUDA GPU in bf16 when there is one. On CUDA each step
+  is compiled and captured as a CUDA graph (one launch per token instead of a hundred kernel launches), and the
+  host queues the next step before reading the current token. On a CPU compiling is optional (`compile=True`);
+  inductor then turns each one-row matrix product into a fused multiply-and-sum. `int8_weights=True` (CPU only)
+  decodes with an int8-weight copy of the model (tinygpt.quantization), small enough to stay in the CPU's cache.
+- The model is TinyGPT's own `forward`: the engine passes a cache of its own (`SlotCache`) through the same
+  `cache.update(k, v, layer_idx)` contract as transformers' caches, with positions and a mask it builds itself,
+  so its greedy tokens are those of `generate()` inside the window (tests check it).
+"""
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .quantization import int8_weight_copy
+
+
+@dataclass
+class Request:
+    """One text to continue: prompt token ids and how to decode after them."""
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0  # stop tokens are banned until this many new tokens
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None  # None / 0: no top-k filter
+    top_p: float | None = None  # None / 1: no nucleus filter
+    stop_ids: Sequence[int] = ()
+
+    def __post_init__(self):
+        if len(self.prompt_ids) == 0:
+            raise ValueError("Engine: the prompt is empty; pass at least one token (e.g. the <BOS> id).")
+        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
+            raise ValueError("Engine: max_new_tokens and min_new_tokens must be 0 or more.")
+        if self.temperature < 0:
+            raise ValueError(f"Engine: temperature must be 0 (greedy) or more, got {self.temperature}.")
+
+
+def sliding_context_length(sequence_length: int, window: int) -> int:
+    """How many of the latest tokens to encode before generating more: all of them while there is room in the
+    window for another token, else the last 3/4 of the window (more kept, more re-encoding per slide)."""
+    return sequence_length if sequence_length < window else max(1, window * 3 // 4)
+
+
+def sample_next_token(logits, temperature, top_k, top_p):
+    """(B, V) float logits -> (B, 1) token ids, with every knob a (B, 1) tensor (no host syncs, no recompiles).
+
+    temperature <= 0 means greedy; top_k >= V and top_p >= 1 switch those filters off.
+    """
+    greedy = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    sorted_logits, sorted_ids = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits / temperature.clamp_min(1e-5), dim=-1)
+    rank = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
+    mass_above = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    keep = (rank < top_k) & (mass_above < top_p)  # the top token always survives
+    # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's host sync.
+    noise = torch.empty_like(probs).exponential_()
+    sampled = sorted_ids.gather(-1, (probs * keep / noise).argmax(dim=-1, keepdim=True))
+    return torch.where(temperature <= 0, greedy, sampled)
+
+
+class SlotCache:
+    """A KV cache with one row (slot) per request: (slots, n_head, window, head_dim) keys and values per layer.
+
+    The model only ever calls `update(k, v, layer_idx)` on a cache, so what it is handed is a view that says how
+    this forward writes: a decode step (`decoding`) or the prefill of one slot (`prefilling`).
+    """
+
+    def __init__(self, config, slots: int, window: int, device, dtype):
+        shape = (slots, config.n_head, window, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+
+    def decoding(self, positions: torch.Tensor) -> "_DecodeWrites":
+        return _DecodeWrites(self, positions)
+
+    def prefilling(self, slot: torch.Tensor) -> "_PrefillWrites":
+        return _PrefillWrites(self, slot)
+
+
+class _DecodeWrites:
+    """A decode step: every slot writes its one new token at its own position, and attends its whole row."""
+
+    def __init__(self, cache: SlotCache, positions: torch.Tensor):
+        self.cache, self.positions = cache, positions  # positions (B,)
+
+    def update(self, k, v, layer_idx):
+        """k, v (B, nh, 1, hs) -> the layer's whole cache (B, nh, window, hs)."""
+        keys, values = self.cache.keys[layer_idx], self.cache.values[layer_idx]
+        where = self.positions.view(-1, 1, 1, 1).expand_as(k)  # (B, nh, 1, hs)
+        keys.scatter_(2, where, k)
+        values.scatter_(2, where, v)
+        return keys, values
+
+
+class _PrefillWrites:
+    """The prefill of one slot: its context from position 0, so the keys it attends are exactly the new ones."""
+
+    def __init__(self, cache: SlotCache, slot: torch.Tensor):
+        self.cache, self.slot = cache, slot  # slot (1,)
+
+    def get_seq_length(self) -> int:
+        return 0  # the model asks where the new tokens go: a prefill starts at 0
+
+    def update(self, k, v, layer_idx):
+        """k, v (1, nh, T, hs), stored in the slot's row, and returned as they are."""
+        T = k.shape[2]
+        self.cache.keys[layer_idx][self.slot, :, :T] = k
+        self.cache.values[layer_idx][self.slot, :, :T] = v
+        return k, v
+
+
+@dataclass
+class _Live:
+    """A request in a slot, as the host sees it."""
+
+    index: int  # the request's place in the run
+    request: Request
+    tokens: list[int]  # prompt + what was read so far (the context a slide re-encodes)
+    position: int = 0  # where the slot's newest token (on the device) will be fed
+    queued: int = 0  # new tokens computed so far, read or not
+    produced: int = 0  # new tokens read
+    finished: bool = field(default=False)
+
+
+def resolve_placement(model, device, dtype, int8_weights: bool):
+    """(device, dtype) for `device`: "auto" is a CUDA GPU in bf16 when there is one (and no int8 weights), else the
+    CPU; None keeps the model where it is."""
+    if device == "auto":
+        use_gpu = torch.cuda.is_available() and not int8_weights
+        device = torch.device("cuda" if use_gpu else "cpu")
+        dtype = dtype or (torch.bfloat16 if use_gpu else None)
+    return (torch.device(device) if device is not None else model.device), dtype
+
+
+class Engine:
+    """Decodes requests for one model, up to `max_batch` at once. One run at a time: give each thread its own.
+
+    `compile`: None compiles on CUDA (each step a CUDA graph) and for int8 weights, not otherwise on a CPU.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_batch: int = 1,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        compile: bool | None = None,
+        int8_weights: bool = False,
+    ):
+        device, dtype = resolve_placement(model, device, dtype, int8_weights)
+        if device != model.device or (dtype is not None and dtype != model.dtype):
+            model = model.to(device=device, dtype=dtype)
+        use_compile = device.type == "cuda" or int8_weights if compile is None else compile
+        if int8_weights:
+            if device.type != "cpu":
+                raise ValueError(
+                    f"Engine: int8_weights is for decoding on a CPU, and the model is on {device}; leave it off there."
+                )
+            if not use_compile:
+                raise ValueError(
+                    "Engine: int8_weights needs compiled decoding (uncompiled, torch's int8 kernel is slower than "
+                    "fp32); drop compile=False."
+                )
+            model = int8_weight_copy(model)
+        self.model = model.eval()
+        self.config, self.device, self.max_batch = model.config, device, max_batch
+        self.int8_weights, self.compiled = int8_weights, use_compile
+        self.window, V, B = self.config.n_positions, self.config.vocab_size, max_batch
+        # A slot slides when its newest token would be fed at the window's last position, as generate() ends a
+        # window: a forward never holds more than n_positions - 1 tokens of context.
+        self.last_position = self.window - 1
+        self.cache = SlotCache(self.config, B, self.window, device, model.dtype)
+        self.key_positions = torch.arange(self.window, device=device)  # (S,)
+
+        # Each slot's state, in fixed device buffers: what a step reads and writes (and a CUDA graph needs).
+        self.tokens = torch.zeros((B, 1), dtype=torch.long, device=device)  # the newest token, fed next
+        self.positions = torch.zeros((B,), dtype=torch.long, device=device)  # where it will be fed
+        self.generated = torch.zeros((B,), dtype=torch.long, device=device)  # new tokens so far
+        self.min_new = torch.zeros((B,), dtype=torch.long, device=device)
+        self.is_stop = torch.zeros((B, V), dtype=torch.bool, device=device)
+        self.temperature = torch.zeros((B, 1), device=device)
+        self.top_k = torch.full((B, 1), V, dtype=torch.long, device=device)
+        self.top_p = torch.ones((B, 1), device=device)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=device)  # the slot a prefill encodes
+        self.last = torch.zeros((1,), dtype=torch.long, device=device)  # its context's last index
+
+        # In a compiled CPU step the math attention fuses with everything around it; the flash kernel stays a
+        # separate call that costs more than the arithmetic at one query.
+        self.math_attention = use_compile and device.type == "cpu"
+        self.steps = {"greedy": self._greedy_step, "sampled": self._sampled_step}
+        self.encode = self._encode_exact  # eager: a prefill is one forward over exactly its tokens
+        if use_compile:
+            self.steps = {name: self._compiled(step) for name, step in self.steps.items()}
+        if use_compile and device.type == "cuda":
+            # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over a
+            # fixed, right-padded window instead (the padding's keys land past the context, where no step looks).
+            self.padded_prompt = torch.zeros((1, self.window), dtype=torch.long, device=device)
+            self.steps = {name: self._captured(step).replay for name, step in self.steps.items()}
+            self.encode = self._encode_padded
+            self._encode_padded_graph = self._captured(self._compiled(self._encode_padded_prompt)).replay
+            self.host_tokens = [torch.zeros(B, dtype=torch.long, pin_memory=True) for _ in range(3)]
+            self.copied = [torch.cuda.Event() for _ in range(3)]
+            self.next_buffer = 0
+        self._busy = threading.Lock()
+
+    # -- device work ------------------------------------------------------------------------------------------
+
+    def _compiled(self, step):
+        if self.device.type != "cpu":
+            return torch.compile(step, fullgraph=True)
+        options = {"cpp_wrapper": True}  # the step's kernels called from C++, not a Python wrapper
+        if self.int8_weights:
+            # inductor's C++ GEMM template for int8 weights: chosen by max_autotune, and only for weights that
+            # freezing has made constants of the graph (they are this engine's own copy, never changed).
+            options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}
+        else:
+            options["post_grad_fusion_options"] = {"decompose_mm_pass": {}}  # 1-row matmuls -> multiply-and-sum
+        return torch.compile(step, fullgraph=True, options=options)
+
+    def _logits(self, ids, positions, mask, cache, keep=1):
+        """ids (b, T), positions (b, T) -> fp32 logits (b, V) of the position `keep` picks (default the last)."""
+        with sdpa_kernel(SDPBackend.MATH) if self.math_attention else nullcontext():
+            out = self.model(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=mask,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+        return out.logits[:, -1, :].float()
+
+    def _decode_logits(self):
+        """Every slot's newest token at its position -> (B, V) logits; each slot attends its own row up to there."""
+        mask = (self.key_positions[None, :] <= self.positions[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        return self._logits(self.tokens, self.positions[:, None], mask, self.cache.decoding(self.positions))
+
+    def _advance(self, next_tokens):
+        self.tokens.copy_(next_tokens)
+        self.positions.add_(1).clamp_(max=self.window - 1)  # a finished slot idles in place until reused
+        self.generated.add_(1)
+
+    def _greedy_step(self):
+        """One decode step for every slot, in place: the likeliest next token (stop tokens banned until min_new)."""
+        self._advance(self._allowed(self._decode_logits(), slice(None)).argmax(dim=-1, keepdim=True))
+
+    def _sampled_step(self):
+        """As _greedy_step, drawing each slot's next token with its sampling knobs."""
+        self._advance(self._pick(self._decode_logits(), slice(None)))
+
+    def _allowed(self, logits, slots):
+        """Stop tokens banned for the slots that have not reached their min_new_tokens."""
+        banned = self.is_stop[slots] & (self.generated[slots] < self.min_new[slots])[:, None]
+        return logits.masked_fill(banned, float("-inf"))
+
+    def _pick(self, logits, slots):
+        return sample_next_token(
+            self._allowed(logits, slots), self.temperature[slots], self.top_k[slots], self.top_p[slots]
+        )
+
+    def _finish_prefill(self, logits):
+        """The prefilled slot's first token, drawn like every other, and its position after the context."""
+        self.tokens.index_copy_(0, self.slot, self._pick(logits, self.slot))
+        self.positions.index_copy_(0, self.slot, self.last + 1)
+        self.generated.index_add_(0, self.slot, torch.ones_like(self.slot))
+
+    def _encode_exact(self, context: list[int]):
+        ids = torch.tensor([context], device=self.device)  # (1, T)
+        positions = torch.arange(len(context), device=self.device)[None, :]
+        self._finish_prefill(self._logits(ids, positions, None, self.cache.prefilling(self.slot)))
+
+    def _encode_padded_prompt(self):
+        positions = self.key_positions[None, :]  # (1, S): the whole window, the context right-padded
+        cache = self.cache.prefilling(self.slot)
+        self._finish_prefill(self._logits(self.padded_prompt, positions, None, cache, keep=self.last))
+
+    def _encode_padded(self, context: list[int]):
+        self.padded_prompt[0, : len(context)].copy_(torch.tensor(context), non_blocking=True)
+        self._encode_padded_graph()
+
+    @torch.no_grad()
+    def _captured(self, step) -> torch.cuda.CUDAGraph:
+        """Record a step (a decode step, or a padded prefill) as a CUDA graph: afterwards it is one launch."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (and compilation) off the capturing stream
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph
+
+    def _copy_out(self):
+        """Start moving every slot's newest token to the host; `_read` waits for that copy only."""
+        if self.device.type != "cuda":
+            return self.tokens[:, 0].tolist()
+        buffer = self.next_buffer
+        self.next_buffer = (buffer + 1) % len(self.host_tokens)
+        self.host_tokens[buffer].copy_(self.tokens[:, 0], non_blocking=True)
+        self.copied[buffer].record()
+        return buffer
+
+    def _read(self, copied) -> list[int]:
+        if self.device.type != "cuda":
+            return copied
+        self.copied[copied].synchronize()  # that copy's step only, not one queued after it
+        return self.host_tokens[copied].tolist()
+
+    # -- the host loop ----------------------------------------------------------------------------------------
+
+    def _prefill(self, slot: int, live: _Live):
+        """Encode a slot's context (the latest tokens, slid to fit the window) and draw its next token."""
+        context = live.tokens[-sliding_context_length(len(live.tokens), self.window) :]
+        self.slot.fill_(slot)
+        self.last.fill_(len(context) - 1)
+        self.generated[slot] = live.queued
+        self.encode(context)
+        live.position, live.queued = len(context), live.queued + 1
+
+    def _admit(self, slot: int, live: _Live):
+        request, V = live.request, self.config.vocab_size
+        self.temperature[slot] = request.temperature
+        self.top_k[slot] = request.top_k if request.top_k and request.top_k > 0 else V
+        self.top_p[slot] = request.top_p if request.top_p is not None and 0 < request.top_p < 1 else 1.0
+        self.min_new[slot] = min(request.min_new_tokens, request.max_new_tokens)
+        self.is_stop[slot] = False
+        stop_ids = [i for i in request.stop_ids if 0 <= i < V]
+        if stop_ids:
+            self.is_stop[slot, stop_ids] = True
+        self._prefill(slot, live)
+
+    def run(
+        self, requests: Sequence[Request], cancelled: Callable[[int], bool] | None = None
+    ) -> Iterator[tuple[int, int]]:
+        """Decode `requests`, up to max_batch at a time; yield (request index, token id) as tokens are read.
+
+        A request whose `cancelled(index)` turns true ends before its next token and frees its slot.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("Engine: it is already decoding; give each thread (or chat) its own engine.")
+        try:
+            with torch.no_grad():
+                yield from self._run(list(requests), cancelled or (lambda index: False))
+        finally:
+            self._busy.release()
+
+    def _run(self, requests: list[Request], cancelled) -> Iterator[tuple[int, int]]:
+        waiting = deque(
+            _Live(index, request, list(request.prompt_ids))
+            for index, request in enumerate(requests)
+            if request.max_new_tokens > 0
+        )
+        free = list(range(self.max_batch - 1, -1, -1))
+        live: dict[int, _Live] = {}
+        copies: deque[tuple[object, dict[int, _Live]]] = deque()  # tokens on their way to the host, oldest first
+        while waiting or live:
+            # Who needs the host before the next step: new requests, and slots whose window is full.
+            if not copies:
+                for slot, entry in live.items():
+                    if entry.position == self.last_position and entry.queued < entry.request.max_new_tokens:
+                        self._prefill(slot, entry)  # slide: re-encode the latest tokens
+                        copies.append((self._copy_out(), {slot: entry}))
+                while waiting and free:
+                    slot, entry = free.pop(), waiting.popleft()
+                    live[slot] = entry
+                    self._admit(slot, entry)
+                    copies.append((self._copy_out(), {slot: entry}))
+            # Queue the next step before reading: the device computes token n+1 while the host reads token n.
+            stepping = {s: e for s, e in live.items() if e.queued < e.request.max_new_tokens}
+            if stepping and all(e.position < self.last_position for e in stepping.values()) and len(copies) < 2:
+                greedy = all(e.request.temperature <= 0 for e in live.values())
+                self.steps["greedy" if greedy else "sampled"]()
+                for entry in stepping.values():
+                    entry.position += 1
+                    entry.queued += 1
+                copies.append((self._copy_out(), stepping))
+            if not copies:
+                continue
+            copied, covered = copies.popleft()
+            host_tokens = self._read(copied)
+            for slot, entry in covered.items():
+                if entry.finished:
+                    continue  # a step queued before it ended
+                token = host_tokens[slot]
+                stopped = token in entry.request.stop_ids and entry.produced >= entry.request.min_new_tokens
+                if stopped or cancelled(entry.index):
+                    entry.finished = True
+                else:
+                    entry.tokens.append(token)
+                    entry.produced += 1
+                    entry.finished = entry.produced >= entry.request.max_new_tokens
+                    yield entry.index, token
+                if entry.finished:
+                    del live[slot]
+                    free.append(slot)
+
+    # -- what callers use -------------------------------------------------------------------------------------
+
+    def stream(
+        self, prompt_ids: Sequence[int], *, stop_event: threading.Event | None = None, **settings
+    ) -> Iterator[int]:
+        """Yield the new token ids of one request as they come; `settings` are Request's fields."""
+        request = Request(prompt_ids, **settings)
+        stopped = (lambda index: stop_event.is_set()) if stop_event is not None else None
+        for _, token in self.run([request], stopped):
+            yield token
+
+    def generate(self, requests: Sequence[Request]) -> list[list[int]]:
+        """The new token ids of each request, decoded max_batch at a time."""
+        outputs: list[list[int]] = [[] for _ in requests]
+        for index, token in self.run(requests):
+            outputs[index].append(token)
+        return outputs
+
+    def warm_up(self) -> None:
+        """Run both step kinds once, so that compiling happens now rather than in the first request."""
+        for temperature in (0.0, 1.0):
+            list(self.stream([0], max_new_tokens=2, temperature=temperature))
+
+
+def settings_from(generation_config) -> dict:
+    """Request settings from a model's generation_config (what train.py saves): sampling or greedy, top-k/p, length."""
+    sampling = bool(generation_config.do_sample)
+    return dict(
+        temperature=float(generation_config.temperature or 1.0) if sampling else 0.0,
+        top_k=generation_config.top_k if sampling else None,
+        top_p=generation_config.top_p if sampling else None,
+        max_new_tokens=generation_config.max_new_tokens or 256,
+    )
+
+
+__all__ = ["Engine", "Request", "SlotCache", "sample_next_token", "settings_from", "sliding_context_length"]

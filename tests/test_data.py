@@ -372,13 +372,36 @@ def test_an_empty_file(tmp_path):
     assert str(error.value) == f"{path} is empty; give it conversations in ShareGPT or messages form."
 
 
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"caf\xe9 latin-1, not UTF-8\n"])
+@pytest.mark.parametrize(
+    "content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", bytes(range(1, 32)) * 20 + bytes(range(128, 256))]
+)
 def test_a_binary_file(tmp_path, content):
     path = tmp_path / "image.png"
     path.write_bytes(content)
     with pytest.raises(DataError) as error:
         read_text_sources([str(path)])
     assert str(error.value) == f"{path} is not UTF-8 text (looks binary); pass a plain text file."
+
+
+@pytest.mark.parametrize(
+    "content, encoding, offset",
+    [
+        ("un café crème, s'il vous plaît\n" * 400, "latin1", 6),  # past the first 8 KiB as well as in it
+        ("“quoted” – Windows text\n", "cp1252", 0),
+    ],
+)
+def test_a_legacy_8_bit_text_file_is_named_as_such_not_binary(tmp_path, content, encoding, offset):
+    path = tmp_path / "legacy.txt"
+    path.write_bytes(content.encode(encoding))
+    byte = content.encode(encoding)[offset]
+    expected = (
+        f"{path} is not UTF-8 text (byte 0x{byte:02x} at offset {offset}; it looks like {encoding}); convert it to "
+        f"UTF-8, e.g. iconv -f {encoding} -t utf-8 {path} > utf8.txt"
+    )
+    for read in (lambda p: read_text_sources([p]), read_conversations):
+        with pytest.raises(DataError) as error:
+            read(str(path))
+        assert " ".join(str(error.value).split()) == expected
 
 
 def test_no_source_at_all():

@@ -5,8 +5,11 @@ goes through the real CLI in a subprocess to show a user sees no traceback there
 """
 
 import ast
+import errno
 import hashlib
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -162,8 +165,13 @@ def test_missing_text_file_through_the_cli(workdir):
             b"far too short",
             "the corpus has 12 tokens but a context of 32 needs at least 33; pass a smaller --block_size (at most 11) or more text.",
         ),
+        (
+            "café au lait\n".encode("latin-1"),
+            "{path} is not UTF-8 text (byte 0xe9 at offset 3; it looks like latin1); convert it to UTF-8, "
+            "e.g. iconv -f latin1 -t utf-8 {path} > utf8.txt",
+        ),
     ],
-    ids=["empty", "binary", "shorter-than-context"],
+    ids=["empty", "binary", "shorter-than-context", "latin-1"],
 )
 def test_unusable_text_file(workdir, capsys, content, message):
     path = workdir / "bad.txt"
@@ -231,6 +239,404 @@ def test_resume_from_an_incomplete_checkpoint_path_is_refused(workdir, corpus, c
         [*TINY, "--text_file", corpus, "--output_dir", output, "--resume_from_checkpoint", broken],
         capsys,
         output,
-        f"--resume_from_checkpoint {broken} is not a complete checkpoint (it needs model.safetensors, optimizer.pt, "
-        "scheduler.pt, trainer_state.json); pass another checkpoint-N folder, or the bare flag for the newest.",
+        f"--resume_from_checkpoint {broken} is not a complete checkpoint (incomplete, the run stopped while writing "
+        "it; it needs model.safetensors, optimizer.pt, scheduler.pt, trainer_state.json and the model's config and "
+        "tokenizer); pass another checkpoint-N folder, or the bare flag for the newest.",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flags no run can use: refused before anything is written, so the corrected rerun is not blocked
+
+
+def gpt2_folder_without_tokenizer(workdir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = workdir / "gpt2-no-tokenizer"
+    if not folder.exists():
+        GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--learning_rate", "nan"], "--learning_rate nan: not a finite number; pass a finite value."),
+        (["--learning_rate", "inf"], "--learning_rate inf: not a finite number; pass a finite value."),
+        (["--weight_decay=-inf"], "--weight_decay -inf: not a finite number; pass a finite value."),
+        (["--learning_rate", "0"], "--learning_rate must be positive, got 0.0."),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1, got 0."),
+        (["--eval_windows", "0"], "--eval_windows must be at least 1, got 0."),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0."),
+    ],
+    ids=["lr-nan", "lr-inf", "weight-decay-inf", "lr-zero", "batch-0", "eval-windows-0", "accumulation-0"],
+)
+def test_unusable_flag_values_are_refused_before_anything_is_written(workdir, corpus, capsys, flags, message):
+    output = workdir / "out-bad-flag"
+    fails_cleanly(
+        [*TINY, "--max_steps", "2", "--text_file", corpus, "--output_dir", output, *flags], capsys, output, message
+    )
+
+
+def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_rerun(workdir, corpus, capsys):
+    output = workdir / "out-rerun"
+    common = [*TINY, "--max_steps", "2", "--text_file", str(corpus), "--output_dir", str(output)]
+    assert main([*common, "--per_device_train_batch_size", "0"]) == 1
+    assert not output.exists()
+    assert main(common) == 0  # the same folder, the batch size fixed
+    assert "Traceback" not in capsys.readouterr().err and (output / "model.safetensors").is_file()
+
+
+def test_output_dir_that_is_a_file_is_refused(workdir, corpus, capsys):
+    taken = workdir / "a-file"
+    taken.write_text("mine")
+    fails_cleanly(
+        [*TINY, "--text_file", corpus, "--output_dir", taken],
+        capsys,
+        taken,
+        f"--output_dir {taken} is a file, not a folder; pick another --output_dir.",
+    )
+    assert taken.read_text() == "mine"
+    below = taken / "run"
+    fails_cleanly(
+        [*TINY, "--text_file", corpus, "--output_dir", below],
+        capsys,
+        below,
+        f"--output_dir {below}: {taken} is a file, not a folder; pick another --output_dir.",
+    )
+
+
+def test_init_from_gpt2_weights_without_a_tokenizer(workdir, corpus, capsys):
+    folder = gpt2_folder_without_tokenizer(workdir)
+    output = workdir / "out-gpt2-no-tokenizer"
+    fails_cleanly(
+        [*TINY[8:], "--max_steps", "1", "--text_file", corpus, "--init_from", folder, "--output_dir", output],
+        capsys,
+        output,
+        f"--init_from {folder} holds GPT-2 weights but no tokenizer ({folder} holds neither tokenizer.json nor "
+        "vocab.json + merges.txt; point at a GPT-2 tokenizer folder.); copy GPT-2's vocab.json and merges.txt into it.",
+    )
+
+
+def can_mount_in_a_namespace() -> bool:
+    if shutil.which("unshare") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "none", "/mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(
+    not can_mount_in_a_namespace(), reason="needs root and `unshare -m` to mount a small or read-only tmpfs"
+)
+
+
+def run_train_on_a_tmpfs(workdir, mount_options: str, *args, cwd) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in a private mount namespace where workdir/mnt is a fresh tmpfs (mount_options)."""
+    mountpoint = workdir / "mnt"
+    mountpoint.mkdir(exist_ok=True)
+    command = " ".join(shlex.quote(str(a)) for a in [sys.executable, TRAIN_PY, *args])
+    script = f"mount -t tmpfs -o {mount_options} tinygpt-test {shlex.quote(str(mountpoint))} && exec {command}"
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], cwd=cwd, env=train_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+@needs_mounts
+def test_output_dir_on_a_read_only_filesystem_through_the_cli(workdir, corpus):
+    output = workdir / "mnt" / "run"
+    result = run_train_on_a_tmpfs(workdir, "ro", *TINY, "--text_file", corpus, "--output_dir", output, cwd=workdir)
+    assert result.returncode == 1, describe(result)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: --output_dir {output} is on a read-only filesystem ({output.parent}); "
+        "pick a writable --output_dir."
+    )
+
+
+def test_eval_windows_zero_through_the_cli(workdir, corpus):
+    output = workdir / "out-cli-eval-windows"
+    result = run_train(*TINY, "--text_file", corpus, "--output_dir", output, "--eval_windows", "0", cwd=workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr, describe(result)
+    assert result.stderr.strip() == "train.py: error: --eval_windows must be at least 1, got 0."
+    assert not output.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A context that cannot fit
+
+
+def test_a_context_that_cannot_fit_in_memory_is_refused_up_front(workdir, corpus, capsys, monkeypatch):
+    monkeypatch.setattr("tinygpt.training.memory_bytes", lambda device: 8 << 30)  # an 8 GiB machine
+    output = workdir / "out-huge-context"
+    started = time.perf_counter()
+    fails_cleanly(
+        [*TINY, "--block_size", "100000", "--per_device_train_batch_size", "32", "--text_file", corpus]
+        + ["--output_dir", output],
+        capsys,
+        output,
+        "a context of 100,000 tokens cannot fit: a step of 32 windows needs about 17 GiB and this cpu has 8 GiB; "
+        "pass a smaller --block_size or --per_device_train_batch_size.",
+    )
+    assert time.perf_counter() - started < 10
+
+
+def test_a_context_that_makes_steps_slow_is_announced(capsys, monkeypatch):
+    from tinygpt.training import check_context_fits, parse_args
+
+    monkeypatch.setattr("tinygpt.training.memory_bytes", lambda device: 1 << 40)  # a 1 TiB machine: it fits
+    run = parse_args(["--use_cpu", "--block_size", "100000", "--per_device_train_batch_size", "24"])
+    config = TinyGPTConfig(vocab_size=65, n_positions=100000, n_embd=160, n_layer=2, n_head=4)
+    check_context_fits(run, config)  # each step is hundreds of TFLOP, 99% of it attention
+    out = capsys.readouterr().out
+    assert "note: a step of 24 x 100,000 tokens is about" in out and "a smaller --block_size is much faster" in out
+    small = parse_args(["--use_cpu"])
+    check_context_fits(small, TinyGPTConfig(vocab_size=65, n_positions=128, n_embd=128, n_layer=2, n_head=4))
+    assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resuming: a finished run, corrupt checkpoints
+
+
+def final_files(folder):
+    """The final model's files: everything at the top of a run folder but its settings and checkpoints."""
+    return [p for p in folder.iterdir() if p.is_file() and p.name != "run_settings.json"]
+
+
+def test_resume_from_a_checkpoint_at_max_steps_trains_nothing(workdir, capsys):
+    """On conversations the Trainer trained a step past --max_steps; now the run is recognized as finished."""
+    from safetensors.torch import load_file
+
+    output = workdir / "finished"
+    argv = [*TINY, "--block_size", "128", "--synthetic_conversations", "100", "--max_steps", "4"]
+    argv += ["--output_dir", str(output), "--disable_tqdm", "true"]
+    assert main(argv) == 0
+    first = json.loads((output / "metrics.json").read_text())
+    before = snapshot(output)
+    capsys.readouterr()
+
+    assert main([*argv, "--resume_from_checkpoint"]) == 0
+    assert (
+        f"{output / 'checkpoint-4'} is already at step 4 of --max_steps 4: nothing left to train; the final model in "
+        f"{output} is kept as it is"
+    ) in capsys.readouterr().out
+    assert snapshot(output) == before  # not a byte changed
+
+    for path in final_files(output):  # what a run that died during its final save leaves
+        path.unlink()
+    assert main([*argv, "--resume_from_checkpoint"]) == 0
+    out = capsys.readouterr().out
+    assert f"{output / 'checkpoint-4'} is already at step 4 of --max_steps 4: nothing left to train; saving its" in out
+    again = json.loads((output / "metrics.json").read_text())
+    assert (
+        again["global_step"] == 4
+        and again["val_loss"] == first["val_loss"]
+        and again["train_loss"] == first["train_loss"]
+    )
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    final, checkpoint = (
+        load_file(output / "model.safetensors"),
+        load_file(output / "checkpoint-4" / "model.safetensors"),
+    )
+    assert final.keys() == checkpoint.keys() and all(torch.equal(final[k], checkpoint[k]) for k in final)
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(workdir, corpus):
+    """A finished 4-step text run with checkpoint-2 and checkpoint-4, and its argv."""
+    output = workdir / "checkpointed"
+    argv = [
+        *TINY,
+        "--max_steps",
+        "4",
+        "--text_file",
+        str(corpus),
+        "--output_dir",
+        str(output),
+        "--disable_tqdm",
+        "true",
+    ]
+    assert main(argv) == 0
+    return output, argv
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda c: truncate(c / "optimizer.pt"), "optimizer.pt is truncated or corrupt"),
+        (lambda c: truncate(c / "model.safetensors"), "model.safetensors is truncated or corrupt"),
+        (lambda c: truncate(c / "trainer_state.json"), "trainer_state.json is truncated or corrupt"),
+        (lambda c: (c / "config.json").unlink(), "no config.json"),
+        (
+            lambda c: (c / "vocab.json").unlink(),
+            "its tokenizer does not load (TinyGPTCharTokenizer needs a vocab: use TinyGPTCharTokenizer.from_corpus(text).)",
+        ),
+    ],
+    ids=["optimizer-truncated", "weights-truncated", "state-truncated", "no-config", "no-vocab"],
+)
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_usable_one(
+    workdir, checkpointed_run, capsys, damage, problem
+):
+    source, argv = checkpointed_run
+    output = workdir / f"corrupt-{len(list(workdir.glob('corrupt-*')))}"
+    shutil.copytree(source, output)
+    first = json.loads((output / "metrics.json").read_text())
+    for path in final_files(output):
+        path.unlink()  # the run died after writing checkpoint-4 (whose files are then damaged)
+    damage(output / "checkpoint-4")
+    capsys.readouterr()
+    argv = [*argv[: argv.index("--output_dir")], "--output_dir", str(output), "--disable_tqdm", "true"]
+
+    assert main([*argv, "--resume_from_checkpoint"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {output / 'checkpoint-2'} (skipping checkpoint-4: {problem})" in out
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and metrics["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
+    from tinygpt.training import checkpoint_problem
+
+    assert checkpoint_problem(output / "checkpoint-4") is None  # written again, whole
+    for folder in (output, output / "checkpoint-4"):  # how this run loaded its tokenizer is not saved with it
+        assert not {"is_local", "local_files_only"} & json.loads((folder / "tokenizer_config.json").read_text()).keys()
+
+
+def test_resume_from_a_named_corrupt_checkpoint_is_refused(workdir, checkpointed_run, capsys):
+    source, argv = checkpointed_run
+    output = workdir / "named-corrupt"
+    shutil.copytree(source, output)
+    truncate(output / "checkpoint-4" / "optimizer.pt")
+    argv = [*argv[: argv.index("--output_dir")], "--output_dir", str(output)]
+    fails_cleanly(
+        [*argv, "--resume_from_checkpoint", output / "checkpoint-4"],
+        capsys,
+        output,
+        f"--resume_from_checkpoint {output / 'checkpoint-4'} is not a complete checkpoint (optimizer.pt is truncated "
+        "or corrupt; it needs model.safetensors, optimizer.pt, scheduler.pt, trainer_state.json and the model's config "
+        "and tokenizer); pass another checkpoint-N folder, or the bare flag for the newest.",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A full disk
+
+
+@pytest.mark.parametrize(
+    "error, free, problem",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            None,
+            "no space left on {folder} while writing a checkpoint",
+        ),
+        (RuntimeError("basic_ios::clear: iostream error"), 0, "no space left on {folder} while writing a checkpoint"),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 65664 vs 65556"),
+            0,
+            "no space left on {folder} while writing a checkpoint",
+        ),
+        (
+            RuntimeError("basic_ios::clear: iostream error"),
+            1 << 40,
+            "cannot write a checkpoint to {folder} (basic_ios::clear: iostream error)",
+        ),
+    ],
+    ids=["enospc", "torch-basic-ios", "torch-unexpected-pos", "not-the-disk"],
+)
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_earlier_checkpoints(
+    workdir, corpus, capsys, monkeypatch, error, free, problem
+):
+    from transformers import Trainer
+
+    output = workdir / f"disk-full-{len(list(workdir.glob('disk-full-*')))}"
+    argv = [
+        *TINY,
+        "--max_steps",
+        "6",
+        "--text_file",
+        str(corpus),
+        "--output_dir",
+        str(output),
+        "--disable_tqdm",
+        "true",
+    ]
+    original_save = Trainer._save_optimizer_and_scheduler
+    earlier = {}
+
+    def save_until_the_disk_fills(self, folder):
+        if folder.endswith("checkpoint-4"):
+            earlier.update(snapshot(output / "checkpoint-2"))
+            raise error
+        original_save(self, folder)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_until_the_disk_fills)
+    if free is not None:
+        monkeypatch.setattr("tinygpt.training.free_bytes", lambda path: free)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"train.py: error: {problem.format(folder=output / 'checkpoint-4')}; the earlier checkpoints are intact: free "
+        "some space, then continue from checkpoint-2 with --resume_from_checkpoint."
+    )
+    assert earlier and snapshot(output / "checkpoint-2") == earlier  # nothing earlier lost
+    assert not (output / "checkpoint-4").exists()  # the partial folder is gone, its space free again
+    monkeypatch.undo()
+    assert main([*argv, "--resume_from_checkpoint"]) == 0
+    assert json.loads((output / "metrics.json").read_text())["global_step"] == 6
+
+
+def test_a_full_disk_during_the_final_save_keeps_everything_and_resuming_saves_it(workdir, corpus, capsys, monkeypatch):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    output = workdir / "final-disk-full"
+    argv = [
+        *TINY,
+        "--max_steps",
+        "4",
+        "--text_file",
+        str(corpus),
+        "--output_dir",
+        str(output),
+        "--disable_tqdm",
+        "true",
+    ]
+    original_save_file = transformers.modeling_utils.safe_save_file
+    checkpoints = {}
+
+    def save_file(tensors, filename, metadata=None):
+        if "/.final-" in str(filename):  # the final model's staging folder
+            checkpoints.update({k: v for k, v in snapshot(output).items() if not k.startswith(".final-")})
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        original_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"train.py: error: no space left on {output} while writing the final model; the checkpoints and every file "
+        "already there are intact: free some space, then run again with --resume_from_checkpoint to save it."
+    )
+    assert checkpoints and snapshot(output) == checkpoints  # no staging folder left, nothing changed
+    monkeypatch.undo()
+    assert main([*argv, "--resume_from_checkpoint"]) == 0
+    assert "nothing left to train; saving its model as the final one" in capsys.readouterr().out
+    assert json.loads((output / "metrics.json").read_text())["global_step"] == 4
+
+
+@needs_mounts
+def test_a_really_full_disk_through_the_cli(workdir, corpus):
+    """A 700 KiB tmpfs holds the settings and checkpoint-2 (~450 KiB) but not checkpoint-4: torch.save fails."""
+    output = workdir / "mnt" / "run"
+    args = [*TINY, "--max_steps", "8", "--text_file", corpus, "--output_dir", output, "--save_total_limit", "5"]
+    script_result = run_train_on_a_tmpfs(workdir, "size=700k", *args, cwd=workdir)
+    assert script_result.returncode == 1, describe(script_result)
+    assert "Traceback" not in script_result.stdout + script_result.stderr
+    assert script_result.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: no space left on {output / 'checkpoint-4'} while writing a checkpoint; the earlier "
+        "checkpoints are intact: free some space, then continue from checkpoint-2 with --resume_from_checkpoint."
     )

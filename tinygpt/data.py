@@ -92,7 +92,9 @@ def _read_text_file(source: str) -> str:
         rows = datasets.load_dataset("text", data_files=[source], sample_by="document", split="train")
     except datasets.exceptions.DatasetGenerationError as error:
         if isinstance(error.__cause__, UnicodeDecodeError):
-            raise DataError(f"{source} is not UTF-8 text (looks binary); pass a plain text file.") from error
+            if _is_url(source):
+                raise DataError(f"{source} is not UTF-8 text; pass a UTF-8 text file.") from error
+            raise DataError(_not_utf8(Path(source), "pass a plain text file")) from error
         raise DataError(f"cannot read {source}: {_first_line(error.__cause__ or error)}") from error
     except ImportError as error:  # datasets reads http(s) URLs through fsspec, whose HTTP support is optional
         raise DataError(f"reading {source} needs fsspec's HTTP support: pip install 'fsspec[http]'.") from error
@@ -119,6 +121,31 @@ def _check_text_file(path: Path) -> None:
         raise DataError(f"{path} is empty; give it some text.")
     if b"\0" in head:
         raise DataError(f"{path} is not UTF-8 text (looks binary); pass a plain text file.")
+
+
+def _not_utf8(path: Path, fix: str) -> str:
+    """Why a file that is not UTF-8 cannot be read: binary, or text in a legacy 8-bit encoding.
+
+    Text has no NUL bytes and few control characters. Every byte string decodes as latin-1, so such text is not
+    decoded on a guess (Windows-1252 differs in 0x80-0x9F and would come out wrong, silently): the message names
+    the likely encoding and the command that converts it.
+    """
+    data = path.read_bytes()
+    controls = sum(data.count(bytes([b])) for b in (*range(0, 9), 11, 12, *range(14, 32), 127))
+    if b"\0" in data or controls > len(data) // 100:
+        return f"{path} is not UTF-8 text (looks binary); {fix}."
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        where = f"byte 0x{data[error.start]:02x} at offset {error.start}"
+    else:
+        return f"{path} is not UTF-8 text; {fix}."
+    # Windows-1252 puts its curly quotes and dashes in 0x80-0x9F, where latin-1 has only control characters.
+    encoding = "cp1252" if any(0x80 <= b <= 0x9F for b in data) else "latin1"
+    return (
+        f"{path} is not UTF-8 text ({where}; it looks like {encoding}); convert it to UTF-8, "
+        f"e.g. iconv -f {encoding} -t utf-8 {path} > utf8.txt"
+    )
 
 
 def _read_dataset_column(name: str, config: str | None, column: str, split: str) -> list[str]:
@@ -334,7 +361,7 @@ def read_conversations(chat_file: str) -> list[list[dict]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{chat_file} is not UTF-8 text (looks binary); pass a JSON or JSONL chat file.") from error
+        raise DataError(_not_utf8(path, "pass a JSON or JSONL chat file")) from error
     if not text.strip():
         raise DataError(f"{chat_file} is empty; give it conversations in ShareGPT or messages form.")
     if text.lstrip().startswith("["):

@@ -17,31 +17,43 @@ Design notes
   synthetic task) become padded sequences whose labels supervise only the assistant's tokens.
 - Evaluation scores a fixed set of validation windows (`--eval_windows`) with `prediction_loss_only`, so it
   is cheap and comparable from one evaluation to the next.
+- Every flag is checked before anything is written (`check_arguments`): a run that fails on its input leaves no
+  folder and no run_settings.json behind to block the corrected rerun.
 - Runs are restartable: every `--save_steps` the Trainer writes a checkpoint; `--resume_from_checkpoint`
-  (bare: the newest complete one) restores weights, optimizer, LR schedule, RNG and the data position. The
+  (bare: the newest usable one) restores weights, optimizer, LR schedule, RNG and the data position. A
+  checkpoint is usable when its files are all there and load: JSON parses, the safetensors header covers the
+  file, the .pt files are whole zip archives, the tokenizer loads (`checkpoint_problem`); a bare resume skips
+  the newest ones that are not, and says why. A checkpoint already at --max_steps is not trained further. The
   output folder records the run's settings, and a different run is refused instead of mixed in.
 - Only the main process writes. The final model is staged in a temporary folder and moved in file by file
   with atomic renames, config.json last, so a crash never leaves a truncated file or a config that points at
-  missing weights.
+  missing weights. A write that fails (a full disk above all) ends the run with one line naming the folder;
+  the checkpoint it was writing is removed, and every earlier file is as it was.
 """
 
 import argparse
+import errno
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
+    AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
     PreTrainedTokenizerBase,
     Trainer,
+    TrainerState,
     TrainingArguments,
 )
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
@@ -70,11 +82,24 @@ from .tokenization_tinygpt import load_gpt2_chat_tokenizer
 RUN_SETTINGS_FILE = "run_settings.json"  # what defines a run; compared before anything is written
 LATEST = "latest"  # --resume_from_checkpoint with no path, or with this word: the newest complete checkpoint
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+CHECKPOINT_ARCHIVES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")  # torch.save's zip files (the last optional)
+POSITIVE_COUNTS = (  # flags that count something of which a run needs at least one
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "eval_windows",
+    "synthetic_conversations",
+)
+LOW_SPACE_BYTES = 64 << 20  # torch reports a full disk without errno ("basic_ios::clear"): less free than this is one
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "activation_function")
 
 
 class TrainingSetupError(ValueError):
     """A run that cannot start as asked; the message names the problem and the fix (one line, no traceback)."""
+
+
+class RunWriteError(RuntimeError):
+    """A checkpoint or the final model could not be written (a full disk above all); one line, no traceback."""
 
 
 @dataclass
@@ -272,6 +297,48 @@ def use_cuda_graphs(args: TrainingArguments, policy: DevicePolicy, preset_compil
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Checking the arguments: argparse checks types only, and a bad value must fail before anything is written
+
+
+def check_arguments(run: RunArguments) -> None:
+    """Values no run can use: non-finite numbers, rates that are not positive, counts below one, an output
+    folder that cannot be written."""
+    for name, value in run.passed.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainingSetupError(f"--{name} {value}: not a finite number; pass a finite value.")
+    rates = {"learning_rate": run.training.learning_rate, "muon_lr": run.model.muon_lr}
+    for name, value in rates.items():
+        if value is not None and not value > 0:
+            raise TrainingSetupError(f"--{name} must be positive, got {value}.")
+    for name in POSITIVE_COUNTS:
+        value = next(getattr(group, name) for group in (run.training, run.data) if hasattr(group, name))
+        if value is not None and value < 1:
+            raise TrainingSetupError(f"--{name} must be at least 1, got {value}.")
+    check_output_dir_writable(Path(run.training.output_dir))
+
+
+def check_output_dir_writable(output_dir: Path) -> None:
+    """The folder, or the nearest existing folder above it that the run would create it in, is writable."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainingSetupError(f"--output_dir {output_dir} is a file, not a folder; pick another --output_dir.")
+    existing = output_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainingSetupError(
+            f"--output_dir {output_dir}: {existing} is a file, not a folder; pick another --output_dir."
+        )
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise TrainingSetupError(
+            f"--output_dir {output_dir} is on a read-only filesystem ({existing}); pick a writable --output_dir."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingSetupError(
+            f"--output_dir {output_dir}: no permission to write in {existing}; pick a writable --output_dir."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The output folder: one run per folder, restartable
 
 
@@ -340,15 +407,44 @@ def check_output_dir(output_dir: Path, settings: dict) -> None:
         )
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    # The Trainer writes trainer_state.json last, so a readable one marks a checkpoint that was fully written.
-    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
-        return False
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it can.
+
+    The Trainer writes trainer_state.json last, so without it the run stopped while writing the folder. The other
+    checks are what loading would hit, done cheaply: JSON parses, the safetensors header describes exactly the
+    bytes in the file (a truncated file fails), torch.save's zip archives end with their directory (a truncated
+    one has none), and the tokenizer loads.
+    """
+    if not (path / "trainer_state.json").is_file():
+        return "incomplete, the run stopped while writing it"
+    missing = [name for name in (*CHECKPOINT_FILES, "config.json") if not (path / name).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for name in ("trainer_state.json", "config.json"):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{name} is truncated or corrupt"
     try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
+        with safe_open(path / "model.safetensors", framework="pt") as weights:
+            weights.keys()
+    except (OSError, SafetensorError):
+        return "model.safetensors is truncated or corrupt"
+    for name in CHECKPOINT_ARCHIVES:
+        if (path / name).exists():
+            try:
+                zipfile.ZipFile(path / name).close()
+            except (OSError, zipfile.BadZipFile):
+                return f"{name} is truncated or corrupt"
+    try:
+        AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001  (a tokenizer class raises whatever its missing file causes)
+        return f"its tokenizer does not load ({' '.join(str(error).split()) or type(error).__name__})"
+    return None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return checkpoint_problem(path) is None
 
 
 def checkpoint_to_resume(requested: str | None, output_dir: Path) -> tuple[str | None, str]:
@@ -356,20 +452,41 @@ def checkpoint_to_resume(requested: str | None, output_dir: Path) -> tuple[str |
     if requested is None:
         return None, ""
     if requested != LATEST or Path(requested).is_dir():
-        if not is_complete_checkpoint(Path(requested)):
+        problem = checkpoint_problem(Path(requested))
+        if problem:
             raise TrainingSetupError(
-                f"--resume_from_checkpoint {requested} is not a complete checkpoint (it needs "
-                f"{', '.join(CHECKPOINT_FILES)}); pass another checkpoint-N folder, or the bare flag for the newest."
+                f"--resume_from_checkpoint {requested} is not a complete checkpoint ({problem}; it needs "
+                f"{', '.join(CHECKPOINT_FILES)} and the model's config and tokenizer); pass another checkpoint-N "
+                "folder, or the bare flag for the newest."
             )
         return requested, f"resuming from {requested}"
     steps = {p.name.removeprefix("checkpoint-"): p for p in output_dir.glob("checkpoint-*")}  # the Trainer's names
     by_step = {int(step): path for step, path in steps.items() if step.isdigit()}
-    complete = [step for step in sorted(by_step) if is_complete_checkpoint(by_step[step])]
-    if not complete:
-        return None, f"no complete checkpoint in {output_dir} yet: starting from step 0"
-    skipped = [by_step[step].name for step in sorted(by_step) if step > complete[-1]]
-    note = f" (skipping {', '.join(skipped)}: incomplete, the run stopped while writing it)" if skipped else ""
-    return str(by_step[complete[-1]]), f"resuming from {by_step[complete[-1]]}{note}"
+    skipped = []  # newest first, until one is usable
+    for step in sorted(by_step, reverse=True):
+        problem = checkpoint_problem(by_step[step])
+        if problem is None:
+            break
+        skipped.append(f"{by_step[step].name}: {problem}")
+    else:
+        step = None
+    note = f" (skipping {'; '.join(skipped)})" if skipped else ""
+    if step is None:
+        return None, f"no complete checkpoint in {output_dir} yet: starting from step 0{note}"
+    return str(by_step[step]), f"resuming from {by_step[step]}{note}"
+
+
+def checkpoint_step(checkpoint: str) -> int:
+    return json.loads(Path(checkpoint, "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+
+
+def final_model_step(output_dir: Path) -> int | None:
+    """The step of the final model saved in output_dir (config.json is moved in last), or None."""
+    try:
+        step = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if (output_dir / "config.json").is_file() and (output_dir / "model.safetensors").is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -410,8 +527,14 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
         ) from error
     if model_type != "gpt2":
         return load_model_and_tokenizer(source, **overrides)
+    try:  # before converting the weights: the cheap check first
+        tokenizer = load_gpt2_chat_tokenizer(source)
+    except (OSError, ValueError) as error:
+        raise TrainingSetupError(
+            f"--init_from {source} holds GPT-2 weights but no tokenizer ({str(error).strip().splitlines()[0]}); "
+            "copy GPT-2's vocab.json and merges.txt into it."
+        ) from error
     model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
-    tokenizer = load_gpt2_chat_tokenizer(source)
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # room for the chat tokens
     for config in (model.config, model.generation_config):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -419,7 +542,20 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
     return model, tokenizer
 
 
+def forget_load_options(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Drop what `from_pretrained` records about how it was called (transformers 5 keeps "is_local" and
+    "local_files_only" in init_kwargs, and save_pretrained would write them into tokenizer_config.json)."""
+    for key in ("is_local", "local_files_only"):
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
 def model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
+    model, tokenizer = loaded_model_and_tokenizer(run, corpus, resume_from)
+    return model, forget_load_options(tokenizer)
+
+
+def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
     if resume_from is not None:  # the checkpoint holds the tokenizer this run started with
         return load_model_and_tokenizer(resume_from)
     if run.model.init_from is None:
@@ -508,6 +644,53 @@ def token_window_data(run: RunArguments, tokenizer, block_size: int, corpus: str
     )
 
 
+def memory_bytes(device: str) -> int | None:
+    """What the training device can hold: a CUDA GPU's memory, else the machine's (or its cgroup's) RAM."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def check_context_fits(run: RunArguments, config) -> None:
+    """Refuse a window whose training step cannot fit in memory; warn when a step would take minutes.
+
+    Estimates, from the shape: a step keeps about 18 activations of width n_embd per layer and token for the
+    backward pass, plus the logits (and their softmax and gradient) over the vocabulary; the weights, gradients
+    and Adam's two moments are 16 bytes a parameter. SDPA never materializes the T x T attention matrix, but
+    its work grows with T: a step costs 6 x parameters + 6 x n_layer x T x n_embd FLOPs a token (causal).
+    """
+    t, T = run.training, config.n_positions
+    value_bytes = 4 if run.policy.precision == "fp32" else 2
+    per_token = config.n_layer * 18 * config.n_embd + 3 * config.vocab_size + 2 * config.n_embd
+    parameters = config.n_layer * 12 * config.n_embd**2 + (config.vocab_size + T) * config.n_embd
+    needed = t.per_device_train_batch_size * T * per_token * value_bytes + 16 * parameters
+    available = memory_bytes(run.policy.device)
+    if available is not None and needed > available:
+        raise TrainingSetupError(
+            f"a context of {T:,} tokens cannot fit: a step of {t.per_device_train_batch_size} windows needs about "
+            f"{needed / 2**30:,.0f} GiB and this {run.policy.device} has {available / 2**30:,.0f} GiB; pass a "
+            "smaller --block_size or --per_device_train_batch_size."
+        )
+    flops_per_token = 6 * parameters + 6 * config.n_layer * T * config.n_embd
+    flops = flops_per_token * t.per_device_train_batch_size * T * t.gradient_accumulation_steps
+    rate = {"cuda": 1e14, "mps": 5e12}.get(run.policy.device, 5e10 * torch.get_num_threads())  # FLOP/s, roughly
+    if flops / rate > 60 and run.training.process_index == 0:
+        attention = 6 * config.n_layer * T * config.n_embd / flops_per_token
+        print(
+            f"note: a step of {t.per_device_train_batch_size} x {T:,} tokens is about {flops / 1e12:,.0f} TFLOP "
+            f"({attention:.0%} of it attention over the context): minutes or more per step on this "
+            f"{run.policy.device}; a smaller --block_size is much faster."
+        )
+
+
 def conversation_data(
     run: RunArguments, tokenizer, block_size: int, conversations, heldout, description: str
 ) -> TrainingData:
@@ -541,6 +724,67 @@ def conversation_data(
 # Training and what it leaves behind
 
 
+def free_bytes(path: Path) -> int | None:
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
+def write_failure(error: BaseException, path: Path, what: str) -> str:
+    """What went wrong when writing `what` into `path`, as the start of a one-line message.
+
+    A full disk is an OSError with ENOSPC from Python, a SafetensorError naming os error 28 from safetensors, but
+    only "basic_ios::clear" or "unexpected pos" from torch.save: then a disk with (almost) nothing free is taken
+    for the cause.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on {path} while writing {what}"
+        return f"cannot write {what} to {path} ({error.strerror or error})"
+    text = " ".join(str(error).split())
+    free = free_bytes(path)
+    if "No space left" in text or "os error 28" in text or (free is not None and free < LOW_SPACE_BYTES):
+        return f"no space left on {path} while writing {what}"
+    return f"cannot write {what} to {path} ({text or type(error).__name__})"
+
+
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # what torch.save, safetensors and open() raise
+
+
+class TinyGPTTrainer(Trainer):
+    """The Trainer, with a checkpoint that cannot be written turned into one line (see `write_failure`)."""
+
+    def _save_checkpoint(self, model, trial):
+        try:
+            super()._save_checkpoint(model, trial)
+        except WRITE_ERRORS as error:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            problem = write_failure(error, folder, "a checkpoint")  # judged before the partial folder goes
+            if self.args.should_save and folder.is_dir() and checkpoint_problem(folder):
+                shutil.rmtree(folder, ignore_errors=True)  # incomplete: free its space, nothing refers to it
+            newest, _ = checkpoint_to_resume(LATEST, folder.parent)
+            then = (
+                f"the earlier checkpoints are intact: free some space, then continue from {Path(newest).name} "
+                "with --resume_from_checkpoint."
+                if newest
+                else "no earlier checkpoint was written: free some space, then run again."
+            )
+            self.close_progress_bars()
+            raise RunWriteError(f"{problem}; {then}") from error
+
+    def close_progress_bars(self) -> None:
+        """Clear the progress bar now: closed at exit instead, it would print below the error line."""
+        for callback in self.callback_handler.callbacks:
+            for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
+                if bar is not None:
+                    bar.leave = False
+                    bar.close()
+
+
 def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData, muon_lr: float | None) -> Trainer:
     """The one place the Trainer is made (speed work on the training loop starts here)."""
     optimizer = None  # None: the Trainer's own, from --optim
@@ -553,7 +797,7 @@ def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
         )
-    return Trainer(
+    return TinyGPTTrainer(
         model=model,
         args=args,
         train_dataset=data.train_dataset,
@@ -631,15 +875,21 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     """Check every input, train, evaluate; the main process then saves the model with its report."""
     args = run.training
     is_main = args.process_index == 0
+    check_arguments(run)
     if is_main:
         print(f"device: {run.policy.device}, precision: {run.policy.precision} ({run.policy.reason})")
     output_dir = Path(args.output_dir)
     settings = run_settings(run)
     check_output_dir(output_dir, settings)
     resume_from, resume_note = checkpoint_to_resume(args.resume_from_checkpoint, output_dir)
+    start_step = checkpoint_step(resume_from) if resume_from else 0
+    # The Trainer would train one more step from a checkpoint at max_steps (on conversations): nothing to train.
+    finished = resume_from is not None and 0 < args.max_steps <= start_step
     corpus, conversations, heldout, description = read_sources(run.data, seed=args.seed)
     model, tokenizer = model_and_tokenizer(run, corpus, resume_from)
     block_size = model.config.n_positions
+    if conversations is None:  # every window is block_size tokens long: check that one fits before encoding
+        check_context_fits(run, model.config)
     tokenizer.model_max_length = VERY_LARGE_INTEGER  # a saved limit would warn about the whole corpus's length
     if conversations is not None:
         data = conversation_data(run, tokenizer, block_size, conversations, heldout, description)
@@ -648,18 +898,36 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     tokenizer.model_max_length = block_size  # saved with it: pipelines then never feed the model more
     set_generation_defaults(model, tokenizer, chat=data.chat)
 
+    if finished and final_model_step(output_dir) == start_step:  # the run ended already; change nothing
+        if is_main:
+            print(
+                f"{resume_from} is already at step {start_step} of --max_steps {args.max_steps}: nothing left to "
+                f"train; the final model in {output_dir} is kept as it is"
+            )
+        return None
     if is_main:  # every input is checked: from here on the folder belongs to this run
         if resume_note:
             print(resume_note)
         elif any(output_dir.glob("checkpoint-*")):
             print(f"note: starting {output_dir} over; --resume_from_checkpoint would continue its checkpoints")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise RunWriteError(f"{write_failure(error, output_dir, RUN_SETTINGS_FILE)}.") from error
         print(f"training {model.num_parameters() / 1e6:.2f}M parameters on {data.description}")
 
     trainer = build_trainer(model, tokenizer, args, data, run.model.muon_lr)
-    start_step = json.loads(Path(resume_from, "trainer_state.json").read_text())["global_step"] if resume_from else 0
-    train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
+    if finished:  # its final save was lost (or it came from elsewhere): evaluate the checkpoint's weights and save
+        if is_main:
+            print(
+                f"{resume_from} is already at step {start_step} of --max_steps {args.max_steps}: nothing left to "
+                "train; saving its model as the final one"
+            )
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from, "trainer_state.json")))
+        train_metrics = {"train_runtime": 0.0}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
     eval_metrics = final_evaluation(trainer)
     summary = None
     if is_main:
@@ -667,7 +935,13 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
         summary = summarize(
             run, model, tokenizer, data, trainer.state, train_metrics, eval_metrics, start_step, wall_start
         )
-        save_final_model(output_dir, model, tokenizer, summary, trainer.state.log_history)
+        try:
+            save_final_model(output_dir, model, tokenizer, summary, trainer.state.log_history)
+        except WRITE_ERRORS as error:
+            raise RunWriteError(
+                f"{write_failure(error, output_dir, 'the final model')}; the checkpoints and every file already "
+                "there are intact: free some space, then run again with --resume_from_checkpoint to save it."
+            ) from error
         print_summary(summary, output_dir)
     trainer.accelerator.wait_for_everyone()  # the other processes keep the process group up until the save
     trainer.accelerator.end_training()
@@ -739,7 +1013,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     wall_start = time.perf_counter() if started_at is None else started_at
     try:
         train(parse_args(argv), wall_start)
-    except (TrainingSetupError, DataError, ModelLoadError) as error:
+    except (TrainingSetupError, DataError, ModelLoadError, RunWriteError) as error:
         print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -748,4 +1022,4 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     return 0
 
 
-__all__ = ["DataArguments", "ModelArguments", "TrainingSetupError", "main", "parse_args", "train"]
+__all__ = ["DataArguments", "ModelArguments", "RunWriteError", "TrainingSetupError", "main", "parse_args", "train"]

@@ -170,7 +170,7 @@ def build_app(
                     gr.ChatInterface(
                         chat,
                         chatbot=gr.Chatbot(elem_id="chatbot", height=480),
-                        textbox=MessageBox(
+                        textbox=message_box(
                             placeholder="Say something", elem_id="chat-input", submit_btn=True, stop_btn=True
                         ),
                         additional_inputs=[system_prompt, temperature, top_k, top_p, max_new_tokens, current_model],
@@ -252,24 +252,26 @@ def build_app(
     return demo
 
 
-class MessageBox(gr.Textbox):
+def message_box(**textbox_kwargs) -> gr.Textbox:
     """The chat's textbox. Over the API a message can be None, which ChatInterface itself trips on before `chat`
-    runs: refuse it here, as one line. (is_template: the browser draws it as a plain Textbox.)"""
+    runs: the box's preprocess refuses it as one line. (Overridden on the instance: a Textbox subclass would make
+    gradio write a webui.pyi stub beside this file at import.)"""
+    box = gr.Textbox(**textbox_kwargs)
+    preprocess = box.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def text_only(payload):
         if not isinstance(payload, str):
             raise gr.Error("The message must be text.", print_exception=False)
-        return super().preprocess(payload)
+        return preprocess(payload)
+
+    box.preprocess = text_only
+    return box
 
 
 def chat(message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder):
     """Reply to `message` in this session's conversation; streams the reply so far (the chat's API endpoint)."""
     if model_folder is None:
         raise gr.Error("No model loaded: choose or pull one in the Model tab.", print_exception=False)
-    if not isinstance(message, str):  # e.g. None over the API
-        raise gr.Error("The message must be text.", print_exception=False)
     try:
         model, tokenizer = load_model(model_folder)
     except ModelLoadError as error:

@@ -23,6 +23,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    parser.add_argument(
+        "--allow_server_token",
+        action="store_true",
+        help="let a blank token box in the page use this server's HF_TOKEN / `hf auth login` token (default: never; "
+        "with it, every visitor can push and read private repos as you)",
+    )
+    parser.add_argument(
+        "--allowed_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header is NAME (repeatable; default: the --host address, localhost, "
+        "127.0.0.1 and, with --host 0.0.0.0, this machine's name); other Host headers get a 400",
+    )
     add_decoding_arguments(parser)
     args = parser.parse_args(argv)
     check_decoding_arguments(parser, args)
@@ -35,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             share=args.share,
             compile=args.compile,
             int8_weights=args.int8,
+            allow_server_token=args.allow_server_token,
+            allowed_hosts=args.allowed_host,
         )
     except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
         print(f"app.py: error: {error}", file=sys.stderr)

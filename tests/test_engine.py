@@ -73,7 +73,9 @@ def test_min_new_tokens_bans_the_stop_tokens_until_then(model_and_prompt):
     stop = free[3]  # a token greedy decoding picks early
     engine = Engine(model)
     assert list(engine.stream(prompt, max_new_tokens=30, stop_ids=[stop])) == free[:3]
-    banned = list(engine.stream(prompt, max_new_tokens=2 * N_POSITIONS, min_new_tokens=2 * N_POSITIONS, stop_ids=[stop]))
+    banned = list(
+        engine.stream(prompt, max_new_tokens=2 * N_POSITIONS, min_new_tokens=2 * N_POSITIONS, stop_ids=[stop])
+    )
     assert banned == reference_sliding_greedy(model, prompt, 2 * N_POSITIONS, stop_id=stop)
     assert stop not in banned
 

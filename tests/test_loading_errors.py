@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from tests.tiny_models import tiny_model
@@ -126,6 +127,39 @@ def test_vocab_size_edited_in_config_json(broken_folder):
     with pytest.raises(ModelLoadError) as error:
         load_model_and_tokenizer(broken_folder)
     assert_one_line(error, "model.safetensors", "64x32", "vocab_size=128")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"n_layer": 3}, ["lacks 12 tensor(s)", "n_layer=3", "transformer.h.2."]),  # 3 blocks over 2 of weights
+        ({"n_positions": 4}, ["transformer.wpe.weight is 16x32", "needs 4x32"]),  # 4 positions over 16 rows
+        ({"n_layer": 1}, ["holds 12 tensor(s)", "transformer.h.1."]),
+    ],
+)
+def test_weights_that_do_not_fit_config_json(broken_folder, fields, expected):
+    edit_config(broken_folder, **fields)
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, "model.safetensors", *expected)
+
+
+def test_a_block_missing_from_the_weights(broken_folder):
+    weights = broken_folder / "model.safetensors"
+    tensors = {name: tensor for name, tensor in load_file(weights).items() if not name.startswith("transformer.h.1.")}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, "lacks 12 tensor(s)", "transformer.h.1.")
+
+
+@pytest.mark.parametrize("content", ['{"model_type": "tinygpt",', "\xff\xfe not text", "[1, 2]"])
+def test_config_json_that_is_not_json_is_named_so(broken_folder, content):
+    (broken_folder / "config.json").write_bytes(content.encode("latin-1"))
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder / "config.json"), "JSON")
+    assert "no config.json found" not in str(error.value)
 
 
 def test_tokenizer_bigger_than_the_embedding(broken_folder):

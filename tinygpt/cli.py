@@ -28,7 +28,7 @@ from transformers.utils import logging as transformers_logging
 
 from .chat import ChatModel, DecodingOptions, text_pieces
 from .engine import Engine
-from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id
+from .hub import HubError, is_offline, local_model_folder, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load_model_and_tokenizer
 
 EXIT_WORDS = ("exit", "quit")
@@ -205,8 +205,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     """Upload a saved model folder to a Hub repo, creating the repo if needed: the safetensors weights,
-    config.json, generation_config.json, the tokenizer files, the code files named in auto_map, and a README.md
-    model card (generated when the folder has none). Prints the repo URL."""
+    config.json, generation_config.json, the tokenizer files, tinygpt's own code files (from the installed
+    package, for the modules auto_map names), and a README.md model card (generated when the folder has none).
+    Prints the repo URL."""
     validate_repo_id(args.repo_id)
     token = None
     if get_token() is None and sys.stdin.isatty():
@@ -220,9 +221,13 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_pull(args: argparse.Namespace) -> int:
     """Download a model from the Hub (into the HF cache, or into DIR) and check it is a TinyGPT model.
-    Prints the folder it is in."""
+    Prints the folder it is in. When the Hub fails, this is an error (naming any cached copy), never the cached
+    copy in silence; with HF_HUB_OFFLINE=1 it is the cached copy, and says so."""
     folder = pull_model(args.repo_id, revision=args.revision, local_dir=args.local_dir)
-    print(f"pulled {args.repo_id} to {folder}")
+    if is_offline():
+        print(f"using the cached copy of {args.repo_id} in {folder} (HF_HUB_OFFLINE=1: the Hub was not asked)")
+    else:
+        print(f"pulled {args.repo_id} to {folder}")
     return 0
 
 

@@ -5,12 +5,19 @@ down. This module decides what goes up, checks what comes down, and turns the li
 `HubError` whose message names the problem and the fix.
 
 Design notes
-- What goes up: the weights, config.json, generation_config.json, the tokenizer files, the code files named in
-  `auto_map` (so `trust_remote_code=True` works where tinygpt is not installed) and a README.md model card,
-  generated when the folder has none. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
+- What goes up: the weights, config.json, generation_config.json, the tokenizer files, tinygpt's own code files
+  for the modules `auto_map` names (so `trust_remote_code=True` works where tinygpt is not installed) and a
+  README.md model card, generated when the folder has none. The code files come from the installed package,
+  never from the folder or from a path a config names: an `auto_map` naming any other module is refused, so a
+  push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
   the folder itself is never written to: the card goes up from memory, in the same commit as the files.
+- What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
+  error, not a stale cached copy returned in silence (snapshot_download's fallback); the error says when a
+  cached copy exists and how to use it (HF_HUB_OFFLINE=1). A repo whose file list names an absolute path or
+  `..` is refused before anything is written.
 - Endpoint: `endpoint=`, else `HF_ENDPOINT` (huggingface_hub reads it once, at import), else huggingface.co.
-- Token: `token=`, else `HF_TOKEN`, else the stored `hf auth login` (huggingface_hub's own lookup). It is only
+- Token: `token=`, else `HF_TOKEN`, else the stored `hf auth login` (huggingface_hub's own lookup);
+  `token=False` sends none (the app uses it so that a visitor never acts with the server's token). It is only
   ever sent in the Authorization header: every error message is built here from the exception's type and HTTP
   status, never from the request, and is scrubbed of the token on top of that.
 - Only huggingface_hub is imported, not its HTTP client (httpx2 in hub 2.x, httpx in 1.x): its errors module
@@ -19,23 +26,34 @@ Design notes
 
 import contextlib
 import json
-import re
+import posixpath
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, get_token, snapshot_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    get_token,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     HfHubHTTPError,
+    HFValidationError,
     HTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
 from .configuration_tinygpt import TinyGPTConfig
 from .loading import ModelLoadError, check_weights, load_config
 
-# The files of a saved model folder (flat, no subfolders). The code files come on top, from auto_map.
+# The files of a saved model folder (flat, no subfolders). The code files come on top, from the package.
 MODEL_FILES = [
     "model.safetensors",
     "config.json",
@@ -49,8 +67,9 @@ MODEL_FILES = [
     "chat_template.jinja",
     "README.md",
 ]
-# The Hub's own rule for names (huggingface_hub.utils.validate_repo_id), with the owner made mandatory.
-REPO_ID_PATTERN = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,94}/[A-Za-z0-9][\w.-]{0,94}(?<![.-])")
+# tinygpt's own code files, uploaded from the installed package for the modules a saved auto_map names.
+PACKAGE_DIR = Path(__file__).resolve().parent
+CODE_MODULES = ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt")
 
 MODEL_CARD_TEMPLATE = """---
 {{ card_data }}
@@ -81,8 +100,13 @@ class HubError(Exception):
 
 
 def validate_repo_id(repo_id: str) -> str:
-    """`repo_id` if it is a valid "owner/name", else HubError."""
-    if not isinstance(repo_id, str) or not REPO_ID_PATTERN.fullmatch(repo_id):
+    """`repo_id` if it is a valid "owner/name" (the Hub's own rule, with the owner required), else HubError."""
+    try:
+        hub_validate_repo_id(repo_id)
+        valid = repo_id.count("/") == 1
+    except HFValidationError:
+        valid = False
+    if not valid:
         raise HubError(
             f"{repo_id!r} is not a Hub repo id: write owner/name with letters, digits, '-', '_' or '.' "
             "(at most 96 each, no '--' or '..'), e.g. alice/tinygpt-shakespeare."
@@ -105,7 +129,12 @@ def push_model(
     config = _check_model_dir(model_dir)
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=model_dir / name)
-        for name in _files_to_upload(model_dir, config)
+        for name in MODEL_FILES
+        if (model_dir / name).is_file()
+    ]
+    operations += [
+        CommitOperationAdd(path_in_repo=f"{module}.py", path_or_fileobj=PACKAGE_DIR / f"{module}.py")
+        for module in _code_modules(model_dir, config)
     ]
     if not (model_dir / "README.md").is_file():
         operations.append(
@@ -123,14 +152,28 @@ def pull_model(
     *,
     revision: str | None = None,
     local_dir=None,
-    token: str | None = None,
+    token: str | bool | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model; returns its folder."""
+    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model; returns its folder.
+
+    Online, the Hub must answer: its failures are HubErrors, never a stale cached copy. With HF_HUB_OFFLINE=1 the
+    cached copy is returned (see `is_offline`)."""
     repo_id = validate_repo_id(repo_id)
     if local_dir is not None:
         _check_pull_target(Path(local_dir))
     api = HfApi(endpoint=endpoint, token=token)
+    if not is_offline():
+        try:
+            with _hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
+                info = api.model_info(repo_id, revision=revision)
+        except HubError as error:
+            if try_to_load_from_cache(repo_id, "config.json", revision=revision) is None:
+                raise
+            raise HubError(
+                f"{error} A copy of {repo_id} is in the cache, possibly outdated: set HF_HUB_OFFLINE=1 to use it."
+            ) from None
+        _check_file_names(repo_id, [sibling.rfilename for sibling in info.siblings or []])
     with _hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
         folder = snapshot_download(
             repo_id,
@@ -138,7 +181,7 @@ def pull_model(
             local_dir=local_dir,
             token=token,
             endpoint=endpoint,
-            allow_patterns=[*MODEL_FILES, "*.py"],
+            allow_patterns=[*MODEL_FILES, *(f"{module}.py" for module in CODE_MODULES)],
         )
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -150,6 +193,11 @@ def pull_model(
     except ModelLoadError as error:
         raise HubError(f"{repo_id} is not a usable TinyGPT model: {error}") from None
     return folder
+
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE=1: pulls return the cached copy without asking the Hub."""
+    return constants.is_offline_mode()
 
 
 def local_model_folder(name_or_path, *, revision: str | None = None, token: str | None = None) -> Path:
@@ -190,20 +238,41 @@ def _check_pull_target(local_dir: Path) -> None:
         raise HubError(f"{local_dir} already exists and is not an earlier pull: pull into a new or empty folder.")
 
 
-def _files_to_upload(model_dir: Path, config: TinyGPTConfig) -> list[str]:
-    """The model files present in the folder, plus the .py modules its auto_map entries point at."""
-    names = [name for name in MODEL_FILES if (model_dir / name).is_file()]
-    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+def _code_modules(model_dir: Path, config: TinyGPTConfig) -> list[str]:
+    """tinygpt's modules that the auto_maps of config.json and tokenizer_config.json name; HubError for any other
+    module (a path, another repo's code), which a push must never go looking for."""
+    try:
+        tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+    except (OSError, ValueError) as error:
+        raise HubError(f"{model_dir / 'tokenizer_config.json'} is not valid JSON ({error}); save it again.") from None
     references = [
         *(getattr(config, "auto_map", None) or {}).values(),
-        *(tokenizer_config.get("auto_map") or {}).values(),
+        *((tokenizer_config.get("auto_map") if isinstance(tokenizer_config, dict) else None) or {}).values(),
     ]
+    modules = set()
     for reference in references:  # "modeling_tinygpt.TinyGPTModel", or [slow, fast] for tokenizers
         for class_path in reference if isinstance(reference, list) else [reference]:
-            code_file = f"{class_path.split('.')[0]}.py" if class_path else None
-            if code_file and (model_dir / code_file).is_file():
-                names.append(code_file)
-    return sorted(set(names))
+            if not class_path:
+                continue
+            module = str(class_path).rpartition(".")[0]
+            if module not in CODE_MODULES:
+                raise HubError(
+                    f"{model_dir}: auto_map names {class_path!r}, which is not tinygpt's own code "
+                    f"({', '.join(CODE_MODULES)}); a push uploads only those: re-save the model with tinygpt."
+                )
+            modules.add(module)
+    return sorted(modules)
+
+
+def _check_file_names(repo_id: str, names: list[str]) -> None:
+    """Refuse a repo listing a file outside its own folder (absolute, `..`, a drive): before anything is written."""
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts or posixpath.isabs(name):
+            raise HubError(
+                f"{repo_id} lists a file named {name!r}, outside the repo's folder: refusing to pull it "
+                "(nothing was written)."
+            )
 
 
 def _read_json(path: Path) -> dict:
@@ -236,7 +305,7 @@ def _hub_errors(repo_id: str, endpoint: str, token: str | None, *, action: str, 
         HTTPError,  # a refused connection, a timeout, ...
         ConnectionError,
     ) as error:
-        token = token or get_token()  # the one the request carried
+        token = get_token() if token is None else token  # the one the request carried (False: none)
         message = _explain(error, repo_id, endpoint, action, revision, has_token=bool(token))
         # Belt and braces, as no message is built from the request. (Real tokens are 30+ characters; a toy one
         # such as "abc" would also match ordinary words.)
@@ -281,4 +350,12 @@ def _explain(
     )
 
 
-__all__ = ["HubError", "MODEL_FILES", "local_model_folder", "pull_model", "push_model", "validate_repo_id"]
+__all__ = [
+    "HubError",
+    "MODEL_FILES",
+    "is_offline",
+    "local_model_folder",
+    "pull_model",
+    "push_model",
+    "validate_repo_id",
+]

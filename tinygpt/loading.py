@@ -1,13 +1,19 @@
 """Load a saved TinyGPT model and its tokenizer, turning every way a folder can be broken into one clear line.
 
 `from_pretrained` already does the loading; this module only checks first what it would otherwise report as
-a traceback from deep inside safetensors or a size-mismatch table: a wrong `model_type`, missing, truncated or
-corrupt weights, weights that do not fit config.json, a tokenizer larger than the embedding. It always uses
-the installed TinyGPT classes, so a pulled model never runs remote code.
+a traceback from deep inside safetensors, a size-mismatch table or a "MISSING" report over random weights: a
+config.json that is not JSON, a wrong `model_type`, missing, truncated or corrupt weights, weights that do not
+fit config.json (every tensor's name and shape is compared, from the safetensors header only), a tokenizer
+larger than the embedding.
+
+No code from a folder ever runs: the installed TinyGPT classes do the loading, and every Auto* call passes
+`trust_remote_code=False`, so transformers never asks "[y/N]" and a folder that needs its own code is refused.
 """
 
+import json
 import os
 
+import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer
@@ -30,6 +36,8 @@ def load_config(name_or_path: str | os.PathLike, revision: str | None = None) ->
         str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/"))
     ):
         raise ModelLoadError(f"{name_or_path}: no such folder, and not a Hub repo id of the form owner/name.")
+    if os.path.isdir(name_or_path):
+        _check_json(os.path.join(name_or_path, "config.json"))
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except ValueError as error:  # includes unknown model types; check the raw field for a friendlier line
@@ -62,23 +70,71 @@ def check_weights(name_or_path: str | os.PathLike, config: TinyGPTConfig, revisi
         raise ModelLoadError(f"{name_or_path}: no model.safetensors ({str(error).splitlines()[0]})") from error
     try:
         with safe_open(weights_file, framework="pt") as weights:
-            wte_rows, wte_width = weights.get_slice("transformer.wte.weight").get_shape()
+            saved = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     except SafetensorError as error:
         raise ModelLoadError(f"{weights_file} is truncated or corrupt ({error}); save or download it again.") from error
-    except Exception as error:  # a readable file without our embedding
-        raise ModelLoadError(f"{weights_file} holds no TinyGPT weights ({error}).") from error
+    if "transformer.wte.weight" not in saved:  # a readable file without our embedding
+        raise ModelLoadError(f"{weights_file} holds no TinyGPT weights (no transformer.wte.weight).")
+    wte_rows, wte_width = saved["transformer.wte.weight"]
     if (wte_rows, wte_width) != (config.vocab_size, config.n_embd):
         raise ModelLoadError(
             f"{weights_file}: token embedding is {wte_rows}x{wte_width} but config.json says "
             f"vocab_size={config.vocab_size}, n_embd={config.n_embd}; the weights belong to another config."
         )
+    _check_every_weight(weights_file, saved, config)
+
+
+def _check_every_weight(weights_file: str, saved: dict[str, tuple], config: TinyGPTConfig) -> None:
+    """Every tensor the config's model needs is there with its shape, and nothing else: else from_pretrained
+    would fill the gaps with random weights (only logging "MISSING") or stop on a size-mismatch traceback."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = {name: tuple(tensor.shape) for name, tensor in TinyGPTForCausalLM(config).state_dict().items()}
+    if config.tie_word_embeddings:  # the tied head is not stored: it is the embedding
+        for tied in TinyGPTForCausalLM._tied_weights_keys or {}:
+            expected.pop(tied, None)
+            saved = {name: shape for name, shape in saved.items() if name != tied}
+    shape_text = (
+        f"n_layer={config.n_layer}, n_embd={config.n_embd}, n_positions={config.n_positions}, "
+        f"vocab_size={config.vocab_size}"
+    )
+    missing = [name for name in expected if name not in saved]
+    if missing:
+        raise ModelLoadError(
+            f"{weights_file}: lacks {len(missing)} tensor(s) that config.json ({shape_text}) needs, such as "
+            f"{missing[0]}; the weights are incomplete or belong to another config."
+        )
+    unexpected = [name for name in saved if name not in expected]
+    if unexpected:
+        raise ModelLoadError(
+            f"{weights_file}: holds {len(unexpected)} tensor(s) that the model of config.json ({shape_text}) has "
+            f"no place for, such as {unexpected[0]}; the weights belong to another config."
+        )
+    for name, shape in expected.items():
+        if saved[name] != shape:
+            raise ModelLoadError(
+                f"{weights_file}: {name} is {'x'.join(map(str, saved[name]))} but config.json ({shape_text}) "
+                f"needs {'x'.join(map(str, shape))}; the weights belong to another config."
+            )
+
+
+def _check_json(path: str) -> None:
+    """A config.json that is not JSON is named as such (transformers calls it 'not found' or a traceback)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path} is not valid JSON ({error}); fix it or save the model again.") from error
+    if not isinstance(content, dict):
+        raise ModelLoadError(f"{path} is not a JSON object of settings; fix it or save the model again.")
 
 
 def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, **model_kwargs):
     """(model, tokenizer) from a local folder or a Hub repo id, in eval mode; raises ModelLoadError."""
     config = load_config(name_or_path, revision)
     check_weights(name_or_path, config, revision)
-    model = TinyGPTForCausalLM.from_pretrained(name_or_path, revision=revision, **model_kwargs).eval()
+    model = TinyGPTForCausalLM.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=False, **model_kwargs
+    ).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as error:

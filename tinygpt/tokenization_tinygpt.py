@@ -135,7 +135,7 @@ def load_gpt2_chat_tokenizer(name_or_dir: str | os.PathLike = "gpt2"):
     path = Path(name_or_dir)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             # vocab=/merges= (not vocab_file=/merges_file=, which build an empty tokenizer in transformers 5).
             tokenizer = GPT2Tokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))

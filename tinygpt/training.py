@@ -520,7 +520,7 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
             )
     overrides = {"dropout": run.model.dropout} if "dropout" in run.passed else {}
     try:
-        model_type = AutoConfig.from_pretrained(source).model_type
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
     except (OSError, ValueError) as error:
         raise TrainingSetupError(
             f"--init_from {source}: cannot load it ({str(error).strip().splitlines()[0]})"

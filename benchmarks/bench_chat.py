@@ -1,7 +1,7 @@
 """Chat latency on this machine: time to first token and tokens/s for 1 and 8 concurrent chats.
 
 Measured three ways, each after one untimed warm-up chat:
-- direct: `tinygpt.chat.stream_reply` called from N threads at once (the engine alone);
+- direct: `tinygpt.chat.ChatModel.stream_reply` called from N threads at once (the engines alone);
 - http: `python app.py --model MODEL` on a free port, N threads streaming from its `/chat` endpoint over
   Gradio's plain HTTP API (queue, HTTP and server-sent events included: what a browser user waits for);
 - client: the same app through N gradio_client sessions. gradio_client is heavy Python running on the same
@@ -40,11 +40,12 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from tinygpt import TinyGPTCharTokenizer
-from tinygpt.chat import stream_reply
-from tinygpt.loading import load_model_and_tokenizer
-from tinygpt.presets import PRESETS
-from tinygpt.training import ModelArguments, new_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from tinygpt import TinyGPTCharTokenizer  # noqa: E402
+from tinygpt.chat import ChatModel  # noqa: E402
+from tinygpt.loading import load_model_and_tokenizer  # noqa: E402
+from tinygpt.presets import PRESETS  # noqa: E402
+from tinygpt.training import ModelArguments, new_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "hello! what can you tell me about the weather today?"
@@ -132,7 +133,8 @@ def report(label: str, n_clients: int, tokenizer, results, wall: float) -> None:
 
 
 def bench_direct(folder: str, args) -> None:
-    model, tokenizer = load_model_and_tokenizer(folder)
+    chat_model = ChatModel(*load_model_and_tokenizer(folder))
+    tokenizer = chat_model.tokenizer
 
     def new_conversation():
         messages = []
@@ -140,7 +142,7 @@ def bench_direct(folder: str, args) -> None:
         def take_turn(message):
             messages.append({"role": "user", "content": message})
             reply = ""
-            for reply in stream_reply(model, tokenizer, messages, temperature=0.8, max_new_tokens=args.max_new_tokens):
+            for reply in chat_model.stream_reply(messages, temperature=0.8, max_new_tokens=args.max_new_tokens):
                 yield reply
             messages.append({"role": "assistant", "content": reply})
 

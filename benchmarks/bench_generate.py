@@ -8,10 +8,14 @@ with EOS disabled, after one untimed warm-up run; the figure is the median of --
 taking turns.
 
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
-`cache_implementation="static"`; and tinygpt.decoding.FastDecoder, the lean loop the chat app uses (on a CPU:
-eager, the default; compiled, as `app.py --compile` runs it; and compiled with int8 weights, as `app.py --int8`
-runs it; a compiled row's warm-up run compiles). The int8 row's tokens are not expected to equal the others':
-it reports how many of them match before the first difference.
+`cache_implementation="static"`; and tinygpt.engine.Engine, which every tinygpt surface decodes with (on a CPU:
+eager, the default; compiled, as `--compile` runs it; and compiled with int8 weights, as `--int8` runs it; a
+compiled row's warm-up run compiles). The int8 row's tokens are not expected to equal the others': it reports
+how many of them match before the first difference.
+
+On a CPU the last row is the command line itself, in the same run: the TinyGPT model saved with a character
+tokenizer, then `tinygpt generate DIR --temperature 0 --int8 --max_new_tokens N --min_new_tokens N` (N =
+--cli_tokens, past the window: the context slides), its rate read from what it prints on stderr.
 
     python benchmarks/bench_generate.py                      # CPU, all cores
     python benchmarks/bench_generate.py --device cuda        # bf16 on a GPU
@@ -20,14 +24,20 @@ it reports how many of them match before the first difference.
 import argparse
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tinygpt import SPECIAL_TOKENS, TinyGPTForCausalLM
-from tinygpt.decoding import FastDecoder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from tinygpt import SPECIAL_TOKENS, TinyGPTCharTokenizer, TinyGPTForCausalLM  # noqa: E402
+from tinygpt.engine import Engine  # noqa: E402
 
 SHAKESPEARE_CHARS = 65
 VOCAB_SIZE = -(-(SHAKESPEARE_CHARS + len(SPECIAL_TOKENS)) // 64) * 64  # 71 tokens -> 128 rows
@@ -40,6 +50,7 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per row; the median is reported")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda runs in bfloat16")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cli_tokens", type=int, default=300, help="tokens `tinygpt generate --int8` decodes (CPU)")
     args = parser.parse_args()
     if args.prompt_tokens < 1 or args.new_tokens < 1 or args.prompt_tokens + args.new_tokens > 256:
         parser.error("need prompt_tokens >= 1, new_tokens >= 1 and prompt_tokens + new_tokens <= 256 (the window)")
@@ -95,9 +106,9 @@ def main():
 
         return decode
 
-    def fast_decode_with(decoder, name):
+    def engine_with(engine, name):
         def decode():
-            outputs[name] = list(decoder.stream(prompt[0].tolist(), max_new_tokens=args.new_tokens))
+            outputs[name] = list(engine.stream(prompt[0].tolist(), max_new_tokens=args.new_tokens))
 
         return decode
 
@@ -107,14 +118,15 @@ def main():
         ('TinyGPT generate (cache="static")', generate_with(ours, "static", cache_implementation="static")),
     ]
     if args.device == "cuda":  # compiled and CUDA-graphed by default
-        rows.append(("TinyGPT FastDecoder (CUDA graphs)", fast_decode_with(FastDecoder(ours), "fast")))
-    else:  # the chat path's default, and `app.py --compile`
-        rows.append(("TinyGPT FastDecoder (eager)", fast_decode_with(FastDecoder(ours), "fast")))
-        rows.append(("TinyGPT FastDecoder (compiled)", fast_decode_with(FastDecoder(ours, compile=True), "compiled")))
-        int8 = FastDecoder(ours, int8_weights=True)
-        rows.append(("TinyGPT FastDecoder (int8, compiled)", fast_decode_with(int8, "int8")))
+        rows.append(("TinyGPT Engine (CUDA graphs)", engine_with(Engine(ours), "fast")))
+    else:  # the default, `--compile` and `--int8`
+        rows.append(("TinyGPT Engine (eager)", engine_with(Engine(ours), "fast")))
+        rows.append(("TinyGPT Engine (compiled)", engine_with(Engine(ours, compile=True), "compiled")))
+        rows.append(("TinyGPT Engine (int8, compiled)", engine_with(Engine(ours, int8_weights=True), "int8")))
     seconds = median_seconds(dict(rows), args.repeats, args.device)
     speeds = {name: args.new_tokens / seconds[name] for name, _ in rows}
+    if args.device == "cpu":
+        speeds[f"tinygpt generate --int8 ({args.cli_tokens} tok)"] = cli_generate_rate(ours, args)
 
     reference = outputs["gpt2"][0, args.prompt_tokens :].tolist()
     assert len(reference) == args.new_tokens, "EOS must be off: every run decodes exactly --new_tokens"
@@ -139,6 +151,22 @@ def main():
     print("-" * len(header))
     for name, speed in speeds.items():
         print(f"{name:36s} {speed:9.1f} {speed / baseline:9.2f}x  {device_text:40s} {torch.__version__}")
+
+
+def cli_generate_rate(model, args) -> float:
+    """tok/s that `tinygpt generate --int8` prints, for the model saved with a 65-character tokenizer."""
+    characters = "".join(chr(c) for c in range(ord("!"), ord("!") + SHAKESPEARE_CHARS))
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        TinyGPTCharTokenizer.from_corpus(characters).save_pretrained(folder)
+        command = [sys.executable, "-m", "tinygpt.cli", "generate", folder, "--prompt", characters[:32]]
+        command += ["--temperature", "0", "--int8", "--max_new_tokens", str(args.cli_tokens)]
+        command += ["--min_new_tokens", str(args.cli_tokens)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    rate = re.search(r"^(\d+) tokens in [\d.]+ s \(([\d,]+) tok/s\)$", result.stderr, re.MULTILINE)
+    if result.returncode != 0 or rate is None or int(rate[1]) != args.cli_tokens:
+        sys.exit(f"tinygpt generate failed or printed no rate:\n{result.stderr}")
+    return float(rate[2].replace(",", ""))
 
 
 if __name__ == "__main__":

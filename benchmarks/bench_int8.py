@@ -4,15 +4,16 @@
 
 Rows: the model as trained (fp32) and tinygpt.quantization's int8-weight copy, the one `app.py --int8` decodes
 with. The loss is over train.py's validation split (the text's last 10%, nanoGPT's split), in consecutive
-windows of the model's context. Decoding is FastDecoder, compiled, greedy, from prompts taken along the
-validation split; "fp32's pick" is how often the int8 decoder chose the token the fp32 model ranks first at
-that point of the int8 decoder's own text, and "same prefix" the median number of tokens both decoders agree on
+windows of the model's context. Decoding is tinygpt.engine.Engine, compiled, greedy, from prompts taken along
+the validation split; "fp32's pick" is how often the int8 engine chose the token the fp32 model ranks first at
+that point of the int8 engine's own text, and "same prefix" the median number of tokens both engines agree on
 before they first differ (a near tie decides that).
 """
 
 import argparse
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from tinygpt.data import encode_text, split_train_val
-from tinygpt.decoding import FastDecoder
-from tinygpt.quantization import int8_weight_copy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from tinygpt.data import encode_text, split_train_val  # noqa: E402
+from tinygpt.engine import Engine  # noqa: E402
+from tinygpt.quantization import int8_weight_copy  # noqa: E402
 
 
 def parse_args():
@@ -72,7 +74,7 @@ def main():
     step = (len(val_ids) - args.prompt_tokens) // args.prompts
     prompts = [val_ids[i * step : i * step + args.prompt_tokens].tolist() for i in range(args.prompts)]
 
-    decoders = {"fp32": FastDecoder(model, compile=True), "int8": FastDecoder(model, int8_weights=True)}
+    decoders = {"fp32": Engine(model, compile=True), "int8": Engine(model, int8_weights=True)}
     loss_models = {"fp32": model, "int8": int8_weight_copy(model)}
     for decoder in decoders.values():
         list(decoder.stream(prompts[0], max_new_tokens=8))  # compiles

@@ -109,8 +109,8 @@ class _DecodeWrites:
         """k, v (B, nh, 1, hs) -> the layer's whole cache (B, nh, window, hs)."""
         keys, values = self.cache.keys[layer_idx], self.cache.values[layer_idx]
         where = self.positions.view(-1, 1, 1, 1).expand_as(k)  # (B, nh, 1, hs)
-        keys.scatter_(2, where, k)
-        values.scatter_(2, where, v)
+        keys.scatter_(2, where, k.to(keys.dtype))  # (under autocast k and v may come in another dtype)
+        values.scatter_(2, where, v.to(values.dtype))
         return keys, values
 
 
@@ -125,9 +125,9 @@ class _PrefillWrites:
 
     def update(self, k, v, layer_idx):
         """k, v (1, nh, T, hs), stored in the slot's row, and returned as they are."""
-        T = k.shape[2]
-        self.cache.keys[layer_idx][self.slot, :, :T] = k
-        self.cache.values[layer_idx][self.slot, :, :T] = v
+        keys, values, T = self.cache.keys[layer_idx], self.cache.values[layer_idx], k.shape[2]
+        keys[self.slot, :, :T] = k.to(keys.dtype)
+        values[self.slot, :, :T] = v.to(values.dtype)
         return k, v
 
 

@@ -830,16 +830,16 @@ def set_generation_defaults(model, tokenizer, chat: bool) -> None:
 
 def sample_text(model, tokenizer, prompt_ids: torch.Tensor, seed: int, max_new_tokens: int = 200) -> str:
     """The prompt and one continuation with the model's generation defaults (the engine, on the model's device),
-    special tokens shown."""
+    special tokens shown, the <EOS> that ended it included."""
     was_training = model.training
     torch.manual_seed(seed)
     prompt = prompt_ids[0].tolist()  # (1, T) -> T ids
     settings = settings_from(model.generation_config) | {"max_new_tokens": max_new_tokens}
-    (new_tokens,) = Engine(model, compile=False).generate(
-        [Request(prompt, stop_ids=[tokenizer.eos_token_id], **settings)]
-    )
+    eos = tokenizer.eos_token_id
+    (new_tokens,) = Engine(model, compile=False).generate([Request(prompt, stop_ids=[eos], **settings)])
     model.train(was_training)
-    return tokenizer.decode(prompt + new_tokens, skip_special_tokens=False)
+    ended_at_eos = len(new_tokens) < max_new_tokens
+    return tokenizer.decode(prompt + new_tokens + [eos] * ended_at_eos, skip_special_tokens=False)
 
 
 def peak_memory() -> tuple[int, str]:
@@ -931,7 +931,10 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     eval_metrics = final_evaluation(trainer)
     summary = None
     if is_main:
-        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False).eval()
+        # keep_fp32_wrapper=False: the model as built, without the autocast that bf16 training wrapped its forward in
+        model = trainer.accelerator.unwrap_model(
+            trainer.model, keep_fp32_wrapper=False, keep_torch_compile=False
+        ).eval()
         summary = summarize(
             run, model, tokenizer, data, trainer.state, train_metrics, eval_metrics, start_step, wall_start
         )

@@ -1,0 +1,97 @@
+"""The CUDA paths: the engine's compiled steps captured as CUDA graphs, bf16 placement, and bf16 training steps
+(eager and compiled) through train.py. Marked `cuda`; they skip, saying so, where torch sees no CUDA device.
+
+Run them on a GPU machine with `python -m pytest -m cuda tests/test_gpu.py`.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny_models import tiny_model
+from tinygpt import TinyGPTCharTokenizer
+from tinygpt.chat import ChatModel, DecodingOptions
+from tinygpt.engine import Engine, Request
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = "the quick brown fox jumps over the lazy dog 0123456789"
+N_POSITIONS = 48
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TinyGPTCharTokenizer.from_corpus(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tokenizer):
+    return tiny_model(tokenizer, n_positions=N_POSITIONS).to("cuda")
+
+
+def reference(model, prompt, new_tokens):
+    """Greedy tokens by a plain loop without a cache, sliding as the engine does (last 3/4 of the window)."""
+    window, keep = model.config.n_positions, model.config.n_positions * 3 // 4
+    tokens, start = list(prompt), 0
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            if len(tokens) - start >= window:
+                start = len(tokens) - keep
+            logits = model(torch.tensor([tokens[start:]], device="cuda"), use_cache=False).logits[0, -1]
+            tokens.append(int(logits.argmax()))
+    return tokens[len(prompt) :]
+
+
+def test_cuda_graph_engine_gives_the_plain_loops_tokens(fp32_model, tokenizer):
+    prompt = tokenizer.encode("the quick brown")
+    engine = Engine(fp32_model)  # on CUDA: compiled, each step one CUDA graph, prefill a padded graph
+    assert engine.compiled
+    inside = N_POSITIONS - len(prompt)
+    generated = fp32_model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=inside, do_sample=False)
+    assert list(engine.stream(prompt, max_new_tokens=inside)) == generated[0, len(prompt) :].tolist()
+    expected = reference(fp32_model, prompt, 3 * N_POSITIONS)
+    assert list(engine.stream(prompt, max_new_tokens=3 * N_POSITIONS)) == expected  # slides twice
+    top1 = engine.stream(prompt, max_new_tokens=3 * N_POSITIONS, temperature=1.5, top_k=1)  # the sampled graph
+    assert list(top1) == expected
+
+
+def test_cuda_graph_engine_batches_requests_that_join_and_leave(fp32_model, tokenizer):
+    prompts = [tokenizer.encode(text) for text in ("the quick", "a lazy dog", "0123", "fox", "over the")]
+    lengths = [30, 8, 70, 3, 20]
+    requests = [Request(p, max_new_tokens=n) for p, n in zip(prompts, lengths, strict=True)]
+    outputs = Engine(fp32_model, max_batch=2).generate(requests)
+    for request, output in zip(requests, outputs, strict=True):
+        assert output == reference(fp32_model, request.prompt_ids, request.max_new_tokens)
+
+
+def test_auto_placement_is_bf16_on_the_gpu_and_chat_streams(tokenizer):
+    model = tiny_model(tokenizer, n_positions=N_POSITIONS)  # on the CPU, fp32
+    chat = ChatModel(model, tokenizer, DecodingOptions())
+    assert chat.model.device.type == "cuda" and chat.model.dtype == torch.bfloat16
+    replies = list(chat.stream_reply([{"role": "user", "content": "the quick"}], temperature=0, max_new_tokens=20))
+    assert replies and all(later.startswith(earlier) for earlier, later in zip(replies, replies[1:], strict=False))
+    sampled = list(chat.stream_reply([{"role": "user", "content": "the"}], temperature=1.0, max_new_tokens=20))
+    assert sampled
+
+
+@pytest.mark.parametrize("compile_flags", [[], ["--torch_compile"]], ids=["eager", "compiled"])
+def test_bf16_training_steps_on_the_gpu(tmp_path, compile_flags):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((CORPUS + "\n") * 400, encoding="utf-8")
+    output_dir = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), "--text_file", str(corpus), "--output_dir", str(output_dir)]
+    command += ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32"]
+    command += ["--max_steps", "60", "--eval_steps", "30", "--logging_steps", "10", "--bf16", *compile_flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["device"] == "cuda" and metrics["precision"] == "bf16", metrics
+    assert metrics["val_loss"] < 2.5, metrics  # a 40-character corpus, learned well past uniform (ln 40 = 3.7)

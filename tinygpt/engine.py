@@ -221,6 +221,7 @@ class Engine:
             self.steps = {name: self._captured(step).replay for name, step in self.steps.items()}
             self.encode = self._encode_padded
             self._encode_padded_graph = self._captured(self._compiled(self._encode_padded_prompt)).replay
+        if device.type == "cuda":  # pinned host buffers, so a step's tokens come back while the next one runs
             self.host_tokens = [torch.zeros(B, dtype=torch.long, pin_memory=True) for _ in range(3)]
             self.copied = [torch.cuda.Event() for _ in range(3)]
             self.next_buffer = 0

@@ -1,18 +1,17 @@
-"""Int8 weight-only copies of a model, for batch-1 decoding on a CPU (`FastDecoder(..., int8_weights=True)`).
+"""Int8 weight-only copies of a model, for batch-1 decoding on a CPU (`Engine(..., int8_weights=True)`).
 
 Why: a decoded token reads every weight once. In fp32 the 10.7M-parameter Shakespeare model is 43 MB a token,
 more than the L3 cache of the machines we measured, so CPU decoding runs at memory speed. Int8 weights with one
-scale per output row are a quarter of that (10.7 MB) and stay in cache. Compiled with inductor's `max_autotune`
-and `freezing`, `torch._weight_int8pack_mm` becomes a C++ matrix-vector kernel that widens the int8 weights in
-registers: 1.5-1.6x fp32's tokens a second on a 2-core AVX2 machine (benchmarks/bench_generate.py).
+scale per output row are a quarter of that and stay in cache. Compiled with inductor's `max_autotune` and
+`freezing`, `torch._weight_int8pack_mm` becomes a C++ matrix-vector kernel that widens the int8 weights in
+registers (the speed-up is in the README, from benchmarks/bench_generate.py).
 
 - Weights: symmetric, per output row: scale = max|w| / 127, w ~ round(w / scale) * scale.
 - Activations run in bf16, the kernel's input type (the whole copy is bf16); logits come back as fp32.
-- Cost: none measured in loss (the trained Shakespeare model: 1.4646 against 1.4647 in fp32 over the validation
-  split, benchmarks/bench_int8.py), but greedy decoding follows fp32's tokens only until two candidates are
-  nearly tied, then may take the other.
+- Cost: no loss measured (benchmarks/bench_int8.py, figures in the README), but greedy decoding follows fp32's
+  tokens only until two candidates are nearly tied, then may take the other.
 - Hand-written because the library that does this math, torchao (`Int8WeightOnlyConfig`), reaches a slower
-  path under torch 2.13: 344 tok/s against 460 for this module, measured side by side.
+  path under torch 2.13 (measured side by side; the README has the figures).
 """
 
 import copy

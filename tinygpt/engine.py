@@ -27,7 +27,7 @@ what a text needs and puts everything that decides how text is decoded in one ob
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -428,14 +428,16 @@ class Engine:
         """Yield the new token ids of one request as they come; `settings` are Request's fields."""
         request = Request(prompt_ids, **settings)
         stopped = (lambda index: stop_event.is_set()) if stop_event is not None else None
-        for _, token in self.run([request], stopped):
-            yield token
+        with closing(self.run([request], stopped)) as tokens:  # closing this stream ends the run at once
+            for _, token in tokens:
+                yield token
 
     def generate(self, requests: Sequence[Request]) -> list[list[int]]:
         """The new token ids of each request, decoded max_batch at a time."""
         outputs: list[list[int]] = [[] for _ in requests]
-        for index, token in self.run(requests):
-            outputs[index].append(token)
+        with closing(self.run(requests)) as tokens:
+            for index, token in tokens:
+                outputs[index].append(token)
         return outputs
 
     def warm_up(self) -> None:

@@ -42,6 +42,22 @@ def test_eight_concurrent_clients_all_get_sensible_replies(app):
     assert replies == [answer for _, answer in CONVERSATIONS] * 2
 
 
+def test_one_session_streams_at_most_two_replies_and_others_still_get_answers(app):
+    greedy_client, rambling = Client(app.url, verbose=False), Client(app.url, verbose=False)
+    # A question the model never saw, at a high temperature: it rambles on to max_new_tokens.
+    ramble = dict(GREEDY, temperature=2.0, max_new_tokens=1024)
+    jobs = [rambling.submit(message="zzz", **ramble, api_name="/chat") for _ in range(4)]
+    assert greedy_client.predict(message="hi", **GREEDY, api_name="/chat") == "hello!"  # a slot was left
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(type(job.result()).__name__)
+        except Exception as error:  # gradio_client's AppError carries the app's one-line message
+            outcomes.append(str(error))
+    refused = [o for o in outcomes if "already streaming 2 replies" in o]
+    assert refused and outcomes.count("str") == 4 - len(refused), outcomes
+
+
 def test_a_conversation_longer_than_the_window_keeps_answering(app):
     client = Client(app.url, verbose=False)
     for question, answer in CONVERSATIONS * 3:  # ~12 turns, several times the 64-token window

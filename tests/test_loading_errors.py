@@ -4,6 +4,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,6 +107,26 @@ def test_truncated_weights(broken_folder):
     # from_pretrained itself fails too (with the library's own traceback), never loading half a model
     with pytest.raises((SafetensorError, OSError, ValueError)):
         AutoModelForCausalLM.from_pretrained(broken_folder)
+
+
+def test_nan_weights_are_refused_not_decoded(broken_folder, model, tokenizer):
+    diverged = tiny_model(tokenizer, n_positions=WINDOW)
+    with torch.no_grad():
+        diverged.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    diverged.save_pretrained(broken_folder)
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder), "NaN or infinite")
+    # Through the command line: one line, exit 1, no traceback and no text decoded from NaN logits.
+    result = subprocess.run(
+        [sys.executable, "-m", "tinygpt.cli", "generate", str(broken_folder), "--prompt", "Speak"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith("tinygpt generate: error:"), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_corrupt_weights(broken_folder):

@@ -135,6 +135,11 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
     model = TinyGPTForCausalLM.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=False, **model_kwargs
     ).eval()
+    if not all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters()):
+        raise ModelLoadError(
+            f"{name_or_path}: the weights hold NaN or infinite values (a training run that diverged?); "
+            "load an earlier checkpoint or train again with a lower learning rate."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as error:

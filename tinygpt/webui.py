@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
@@ -44,6 +45,7 @@ from .hub import HubError, local_model_folder, pull_model, push_model, validate_
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
+REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
 QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
 METRICS_FILES = ("metrics.json", "all_results.json", "eval_results.json")  # train.py's, then the Trainer's
 LOSS_KEYS = ("val_loss", "eval_loss")
@@ -166,11 +168,31 @@ def build_app(
     info, loss_plot = describe_model(model_folder)
     local = local_models(models_dir)
 
-    def reply(message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder):
-        """Reply to `message` in this session's conversation; streams the reply so far (the chat's API endpoint)."""
-        yield from chat(
-            message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder, options
-        )
+    streaming: dict[str, int] = {}  # session -> replies it is streaming now
+    streaming_lock = threading.Lock()
+
+    def reply(
+        message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder, request: gr.Request
+    ):
+        """Reply to `message` in this session's conversation; streams the reply so far (the chat's API endpoint).
+        A session streams at most REPLIES_PER_SESSION replies at once, so one client cannot take every slot."""
+        session = request.session_hash or ""
+        with streaming_lock:
+            if streaming.get(session, 0) >= REPLIES_PER_SESSION:
+                raise gr.Error(
+                    f"This session is already streaming {REPLIES_PER_SESSION} replies; wait for one to finish.",
+                    print_exception=False,
+                )
+            streaming[session] = streaming.get(session, 0) + 1
+        try:
+            yield from chat(
+                message, history, system_prompt, temperature, top_k, top_p, max_new_tokens, model_folder, options
+            )
+        finally:
+            with streaming_lock:
+                streaming[session] -= 1
+                if not streaming[session]:
+                    del streaming[session]
 
     with gr.Blocks(title="tinygpt", analytics_enabled=False) as demo:
         current_model = gr.State(model_folder)  # per session: the folder this session chats with

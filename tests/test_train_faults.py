@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +77,16 @@ def expected_learning_rates(max_steps: int, warmup_steps: int, learning_rate: fl
     return rates
 
 
+def newest_complete_checkpoint(output) -> int:
+    """The step of the newest checkpoint whose trainer_state.json (which the Trainer writes last) reads whole."""
+    steps = [
+        int(state.parent.name.split("-")[1])
+        for state in output.glob("checkpoint-*/trainer_state.json")
+        if readable_json(state)
+    ]
+    return max(steps, default=0)
+
+
 def test_sigkill_then_bare_resume_continues_the_same_schedule_and_data(workdir, corpus):
     max_steps, save_steps = 60, 4
     output = workdir / "killed"
@@ -93,7 +104,13 @@ def test_sigkill_then_bare_resume_continues_the_same_schedule_and_data(workdir, 
         while time.monotonic() < deadline and process.poll() is None:  # kill once a checkpoint and 2 more steps exist
             if (output / "checkpoint-4" / "trainer_state.json").is_file():
                 if len(logged_entries((workdir / "killed.log").read_text())) >= 6:
-                    break
+                    # Frozen, the run can be inspected without a race: kill it only if steps were logged after its
+                    # newest complete checkpoint (on a busy machine the polling can land just on a save).
+                    process.send_signal(signal.SIGSTOP)
+                    logged = len(logged_entries((workdir / "killed.log").read_text()))
+                    if logged > newest_complete_checkpoint(output):
+                        break
+                    process.send_signal(signal.SIGCONT)
             time.sleep(0.02)
         process.kill()  # SIGKILL: no handler, no cleanup
         process.wait()
@@ -101,11 +118,7 @@ def test_sigkill_then_bare_resume_continues_the_same_schedule_and_data(workdir, 
     assert process.returncode == -9, f"the run ended before it was killed:\n{killed_output[-2000:]}"
     killed_losses = [float(entry["loss"]) for entry in logged_entries(killed_output)]  # steps 1..len, 4 digits
 
-    complete = max(
-        int(state.parent.name.split("-")[1])
-        for state in output.glob("checkpoint-*/trainer_state.json")
-        if readable_json(state)
-    )
+    complete = newest_complete_checkpoint(output)
     assert complete >= len(killed_losses) - save_steps  # at most one save interval lost
     # What a kill in the middle of a save leaves: the Trainer writes trainer_state.json last.
     incomplete = output / f"checkpoint-{complete + save_steps}"

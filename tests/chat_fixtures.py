@@ -26,8 +26,8 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 
 from tests.fake_hub import start_fake_hub
 from tinygpt import TinyGPTCharTokenizer
-from tinygpt.reporting import plot_losses
 from tinygpt.training import ModelArguments, new_model
+from tinygpt.training.report import plot_losses
 
 REPO = Path(__file__).resolve().parent.parent
 

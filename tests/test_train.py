@@ -15,7 +15,8 @@ from train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
 
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
 from tinygpt.presets import PRESETS
-from tinygpt.training import LATEST, main, parse_args
+from tinygpt.training import main, parse_args
+from tinygpt.training.args import LATEST
 
 
 @pytest.fixture(scope="module")

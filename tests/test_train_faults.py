@@ -379,7 +379,7 @@ def test_eval_windows_zero_through_the_cli(workdir, corpus):
 
 
 def test_a_context_that_cannot_fit_in_memory_is_refused_up_front(workdir, corpus, capsys, monkeypatch):
-    monkeypatch.setattr("tinygpt.training.memory_bytes", lambda device: 8 << 30)  # an 8 GiB machine
+    monkeypatch.setattr("tinygpt.training.corpus.memory_bytes", lambda device: 8 << 30)  # an 8 GiB machine
     output = workdir / "out-huge-context"
     started = time.perf_counter()
     fails_cleanly(
@@ -394,9 +394,10 @@ def test_a_context_that_cannot_fit_in_memory_is_refused_up_front(workdir, corpus
 
 
 def test_a_context_that_makes_steps_slow_is_announced(capsys, monkeypatch):
-    from tinygpt.training import check_context_fits, parse_args
+    from tinygpt.training import parse_args
+    from tinygpt.training.corpus import check_context_fits
 
-    monkeypatch.setattr("tinygpt.training.memory_bytes", lambda device: 1 << 40)  # a 1 TiB machine: it fits
+    monkeypatch.setattr("tinygpt.training.corpus.memory_bytes", lambda device: 1 << 40)  # a 1 TiB machine: it fits
     run = parse_args(["--use_cpu", "--block_size", "100000", "--per_device_train_batch_size", "24"])
     config = TinyGPTConfig(vocab_size=65, n_positions=100000, n_embd=160, n_layer=2, n_head=4)
     check_context_fits(run, config)  # each step is hundreds of TFLOP, 99% of it attention
@@ -509,7 +510,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_usable_one(
     assert f"resuming from {output / 'checkpoint-2'} (skipping checkpoint-4: {problem})" in out
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and metrics["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
-    from tinygpt.training import checkpoint_problem
+    from tinygpt.training.run_dir import checkpoint_problem
 
     assert checkpoint_problem(output / "checkpoint-4") is None  # written again, whole
     for folder in (output, output / "checkpoint-4"):  # how this run loaded its tokenizer is not saved with it
@@ -586,7 +587,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_earlier_checkpoints(
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_until_the_disk_fills)
     if free is not None:
-        monkeypatch.setattr("tinygpt.training.free_bytes", lambda path: free)
+        monkeypatch.setattr("tinygpt.training.run_dir.free_bytes", lambda path: free)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err

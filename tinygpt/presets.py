@@ -42,7 +42,7 @@ class Preset:
     tokenizer: str = "char"
     eval_windows: int = 256  # validation windows scored at each evaluation: a fixed set, so evaluations compare
     # How the preset compiles on a CUDA GPU (None: eager), with CUDA graphs where they are safe (see
-    # training.use_cuda_graphs): "cudagraphs" replays the traced forward/backward as recorded (compiles in
+    # training.args.use_cuda_graphs): "cudagraphs" replays the traced forward/backward as recorded (compiles in
     # seconds), "inductor" generates fused kernels (tens of seconds of compiling, faster steps: for long runs).
     cuda_compile: str | None = None
     training: dict = field(default_factory=dict)

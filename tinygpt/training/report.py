@@ -1,4 +1,5 @@
-"""What a training run leaves beside its model: loss.png, metrics.json and the model card (README.md).
+"""What a training run reports: its figures (`summarize`, printed by `print_summary`), a sample, and what it
+leaves beside its model: loss.png, metrics.json and the model card (README.md).
 
 All three are built from the Trainer's `log_history` and one `RunSummary`, so they always agree. The model
 card goes through huggingface_hub's `ModelCard` (YAML front matter the Hub reads: library_name, pipeline_tag,
@@ -8,11 +9,19 @@ display, and matplotlib is only imported when the plot is drawn: it costs a seco
 
 import json
 import math
+import sys
 import textwrap
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData
+
+from ..engine import Engine, Request, settings_from
+from ..synthetic_chat import exact_match
+from .args import RunArguments
+from .corpus import TrainingData
 
 
 @dataclass
@@ -170,4 +179,80 @@ def model_card(summary: RunSummary, path_hint: str) -> ModelCard:
     )
 
 
-__all__ = ["RunSummary", "loss_curves", "model_card", "perplexity", "plot_losses", "write_metrics"]
+def peak_memory() -> tuple[int, str]:
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated(), "cuda allocated"
+    import resource  # POSIX only; ru_maxrss is KiB on Linux, bytes on macOS
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss * (1 if sys.platform == "darwin" else 1024), "process RSS"
+
+
+def summarize(
+    run: RunArguments, model, tokenizer, data: TrainingData, state, train_metrics, eval_metrics, start_step, wall_start
+):
+    """The run's figures: losses, exact match on held-out questions, speed, memory, a sample."""
+    args = run.training
+    examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    tokens_per_step = examples_per_step * data.tokens_per_example
+    steps_this_session = state.global_step - start_step  # a resumed run timed only its own steps
+    train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    memory, memory_kind = peak_memory()
+    tokenizer_name = (
+        f"{type(tokenizer).__name__} of {run.model.init_from}" if run.model.init_from else run.data.tokenizer
+    )
+    return RunSummary(
+        preset=run.model.preset,
+        data=data.description,
+        tokenizer=tokenizer_name,
+        n_layer=model.config.n_layer,
+        n_head=model.config.n_head,
+        n_embd=model.config.n_embd,
+        n_positions=model.config.n_positions,
+        vocab_size=model.config.vocab_size,
+        parameters=model.num_parameters(),
+        parameters_without_positions=model.num_parameters() - model.transformer.wpe.weight.numel(),
+        device=run.policy.device if args.world_size == 1 else f"{args.world_size} x {run.policy.device}",
+        precision=run.policy.precision,
+        global_step=state.global_step,
+        tokens_seen=int(state.global_step * tokens_per_step),
+        train_loss=train_losses[-1] if train_losses else None,
+        val_loss=eval_metrics.get("eval_loss"),
+        val_perplexity=perplexity(eval_metrics.get("eval_loss")),
+        tokens_per_second=steps_this_session * tokens_per_step / max(train_metrics["train_runtime"], 1e-9),
+        train_seconds=train_metrics["train_runtime"],
+        wall_seconds=time.perf_counter() - wall_start,
+        peak_memory_bytes=memory,
+        peak_memory_kind=memory_kind,
+        exact_match=exact_match(model, tokenizer, data.heldout) if data.heldout else None,
+        heldout_questions=len(data.heldout) if data.heldout else 0,
+        init_from=run.model.init_from,
+        chat=data.chat,
+        sample=sample_text(model, tokenizer, data.sample_prompt, seed=args.seed),
+    )
+
+
+def print_summary(summary: RunSummary, output_dir: Path) -> None:
+    print(f"\nsample:\n{summary.sample}\n")
+    figures = [f"val loss {summary.val_loss:.4f} (perplexity {summary.val_perplexity:.2f})"]
+    if summary.exact_match is not None:
+        figures.append(
+            f"exact match {100 * summary.exact_match:.1f}% on {summary.heldout_questions} held-out questions"
+        )
+    figures.append(f"{summary.tokens_per_second:,.0f} tokens/s, {summary.wall_seconds:.1f} s wall")
+    print(", ".join(figures))
+    print(f"saved to {output_dir} (AutoModelForCausalLM.from_pretrained({str(output_dir)!r}) after `import tinygpt`)")
+
+
+def sample_text(model, tokenizer, prompt_ids: torch.Tensor, seed: int, max_new_tokens: int = 200) -> str:
+    """The prompt and one continuation with the model's generation defaults (the engine, on the model's device),
+    special tokens shown, the <EOS> that ended it included."""
+    was_training = model.training
+    torch.manual_seed(seed)
+    prompt = prompt_ids[0].tolist()  # (1, T) -> T ids
+    settings = settings_from(model.generation_config) | {"max_new_tokens": max_new_tokens}
+    eos = tokenizer.eos_token_id
+    (new_tokens,) = Engine(model, compile=False).generate([Request(prompt, stop_ids=[eos], **settings)])
+    model.train(was_training)
+    ended_at_eos = len(new_tokens) < max_new_tokens
+    return tokenizer.decode(prompt + new_tokens + [eos] * ended_at_eos, skip_special_tokens=False)

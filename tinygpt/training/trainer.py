@@ -1,0 +1,325 @@
+"""Build the model, the tokenizer and the Trainer, train, and leave the final model behind: `train` and `main`.
+
+- Evaluation scores a fixed set of validation windows (`--eval_windows`) with `prediction_loss_only`, so it is
+  cheap and comparable from one evaluation to the next.
+- Only the main process writes. The final model is staged in a temporary folder and moved in file by file with
+  atomic renames, config.json last, so a crash never leaves a truncated file or a config that points at missing
+  weights. A checkpoint that cannot be written ends the run with one line; the checkpoint it was writing is
+  removed, and every earlier file is as it was.
+- After training, the exam (held-out questions of the synthetic task) and the sample decode through the engine.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+
+from ..configuration_tinygpt import TinyGPTConfig
+from ..data import (
+    DataError,
+    build_tokenizer,
+)
+from ..loading import ModelLoadError, load_model_and_tokenizer
+from ..modeling_tinygpt import TinyGPTForCausalLM
+from ..muon import MuonWithAdamW
+from ..tokenization_tinygpt import load_gpt2_chat_tokenizer
+from .args import LATEST, SHAPE_FLAGS, ModelArguments, RunArguments, TrainingSetupError, check_arguments, parse_args
+from .corpus import TrainingData, check_context_fits, conversation_data, read_sources, token_window_data
+from .report import RunSummary, model_card, plot_losses, print_summary, summarize, write_metrics
+from .run_dir import (
+    RUN_SETTINGS_FILE,
+    WRITE_ERRORS,
+    RunWriteError,
+    check_output_dir,
+    checkpoint_problem,
+    checkpoint_step,
+    checkpoint_to_resume,
+    final_model_step,
+    run_settings,
+    write_failure,
+)
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and tokenizer
+
+
+def new_model(tokenizer: PreTrainedTokenizerBase, m: ModelArguments) -> TinyGPTForCausalLM:
+    try:
+        config = TinyGPTConfig.for_tokenizer(
+            tokenizer,
+            n_positions=m.block_size,
+            n_embd=m.n_embd,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            dropout=m.dropout,
+            bias=m.bias,
+            activation_function=m.activation_function,
+        )
+    except ValueError as error:
+        raise TrainingSetupError(str(error)) from error
+    return TinyGPTForCausalLM(config)
+
+
+def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTokenizerBase]:
+    """The model and tokenizer `--init_from` names: a tinygpt model, or GPT-2 weights converted to TinyGPT."""
+    source = run.model.init_from
+    for flag in SHAPE_FLAGS:
+        if flag in run.passed:
+            raise TrainingSetupError(
+                f"--{flag} cannot reshape --init_from {source}; drop --{flag} (the shape comes from the model)."
+            )
+    overrides = {"dropout": run.model.dropout} if "dropout" in run.passed else {}
+    try:
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
+    except (OSError, ValueError) as error:
+        raise TrainingSetupError(
+            f"--init_from {source}: cannot load it ({str(error).strip().splitlines()[0]})"
+        ) from error
+    if model_type != "gpt2":
+        return load_model_and_tokenizer(source, **overrides)
+    try:  # before converting the weights: the cheap check first
+        tokenizer = load_gpt2_chat_tokenizer(source)
+    except (OSError, ValueError) as error:
+        raise TrainingSetupError(
+            f"--init_from {source} holds GPT-2 weights but no tokenizer ({str(error).strip().splitlines()[0]}); "
+            "copy GPT-2's vocab.json and merges.txt into it."
+        ) from error
+    model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # room for the chat tokens
+    for config in (model.config, model.generation_config):
+        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def forget_load_options(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Drop what `from_pretrained` records about how it was called (transformers 5 keeps "is_local" and
+    "local_files_only" in init_kwargs, and save_pretrained would write them into tokenizer_config.json)."""
+    for key in ("is_local", "local_files_only"):
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
+def model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
+    model, tokenizer = loaded_model_and_tokenizer(run, corpus, resume_from)
+    return model, forget_load_options(tokenizer)
+
+
+def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
+    if resume_from is not None:  # the checkpoint holds the tokenizer this run started with
+        return load_model_and_tokenizer(resume_from)
+    if run.model.init_from is None:
+        tokenizer = build_tokenizer(run.data.tokenizer, corpus, bpe_vocab_size=run.data.bpe_vocab_size)
+        return new_model(tokenizer, run.model), tokenizer
+    model, tokenizer = load_init_model(run)
+    if "tokenizer" in run.passed:
+        requested = build_tokenizer(run.data.tokenizer, corpus, bpe_vocab_size=run.data.bpe_vocab_size)
+        if requested.get_vocab() != tokenizer.get_vocab():
+            raise TrainingSetupError(
+                f"--tokenizer {run.data.tokenizer} ({len(requested)} tokens) does not match the tokenizer of "
+                f"--init_from {run.model.init_from} ({len(tokenizer)} tokens); drop --tokenizer to use the model's own."
+            )
+    return model, tokenizer
+
+
+class TinyGPTTrainer(Trainer):
+    """The Trainer, with a checkpoint that cannot be written turned into one line (see `write_failure`)."""
+
+    def _save_checkpoint(self, model, trial):
+        try:
+            super()._save_checkpoint(model, trial)
+        except WRITE_ERRORS as error:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            problem = write_failure(error, folder, "a checkpoint")  # judged before the partial folder goes
+            if self.args.should_save and folder.is_dir() and checkpoint_problem(folder):
+                shutil.rmtree(folder, ignore_errors=True)  # incomplete: free its space, nothing refers to it
+            newest, _ = checkpoint_to_resume(LATEST, folder.parent)
+            then = (
+                f"the earlier checkpoints are intact: free some space, then continue from {Path(newest).name} "
+                "with --resume_from_checkpoint."
+                if newest
+                else "no earlier checkpoint was written: free some space, then run again."
+            )
+            self.close_progress_bars()
+            raise RunWriteError(f"{problem}; {then}") from error
+
+    def close_progress_bars(self) -> None:
+        """Clear the progress bar now: closed at exit instead, it would print below the error line."""
+        for callback in self.callback_handler.callbacks:
+            for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
+                if bar is not None:
+                    bar.leave = False
+                    bar.close()
+
+
+def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData, muon_lr: float | None) -> Trainer:
+    """The one place the Trainer is made (speed work on the training loop starts here)."""
+    optimizer = None  # None: the Trainer's own, from --optim
+    if muon_lr is not None:
+        optimizer = MuonWithAdamW(
+            model,
+            muon_lr=muon_lr,
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+        )
+    return TinyGPTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.collator,
+        processing_class=tokenizer,  # saved into every checkpoint, so a resumed run keeps its vocabulary
+        optimizers=(optimizer, None),  # the LR schedule is always the Trainer's
+    )
+
+
+def final_evaluation(trainer: Trainer) -> dict:
+    """The validation metrics at the last step: logged already when the last step was an evaluation step."""
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evaluations and evaluations[-1]["step"] == trainer.state.global_step:
+        return evaluations[-1]
+    return trainer.evaluate()
+
+
+def set_generation_defaults(model, tokenizer, chat: bool) -> None:
+    """What `generate()`, pipelines and app.py use unless told otherwise."""
+    config = model.generation_config
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.max_new_tokens = 256
+    if chat:  # answers have one right form (the synthetic task is scored by exact match): greedy
+        config.do_sample = False
+    else:  # nanoGPT's sample.py settings
+        config.do_sample, config.temperature, config.top_k = True, 0.8, 200
+
+
+def save_final_model(output_dir: Path, model, tokenizer, summary: RunSummary, log_history: list[dict]) -> None:
+    """Model, tokenizer, loss.png, metrics.json and README.md, moved into output_dir only once all are written.
+
+    The folder also holds this run's checkpoints, so it cannot be swapped whole: each file is renamed into
+    place (atomic on one filesystem), config.json last, so loaders never see a config without its weights.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
+    try:
+        model.config.use_cache = True  # the Trainer trains without a KV cache; generation wants it back
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        plot_losses(log_history, staging / "loss.png", title=f"tinygpt-{summary.preset}: {summary.data}")
+        write_metrics(summary, staging / "metrics.json")
+        model_card(summary, str(output_dir)).save(staging / "README.md")
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def train(run: RunArguments, wall_start: float) -> RunSummary | None:
+    """Check every input, train, evaluate; the main process then saves the model with its report."""
+    args = run.training
+    is_main = args.process_index == 0
+    check_arguments(run)
+    if is_main:
+        print(f"device: {run.policy.device}, precision: {run.policy.precision} ({run.policy.reason})")
+    output_dir = Path(args.output_dir)
+    settings = run_settings(run)
+    check_output_dir(output_dir, settings)
+    resume_from, resume_note = checkpoint_to_resume(args.resume_from_checkpoint, output_dir)
+    start_step = checkpoint_step(resume_from) if resume_from else 0
+    # The Trainer would train one more step from a checkpoint at max_steps (on conversations): nothing to train.
+    finished = resume_from is not None and 0 < args.max_steps <= start_step
+    corpus, conversations, heldout, description = read_sources(run.data, seed=args.seed)
+    model, tokenizer = model_and_tokenizer(run, corpus, resume_from)
+    block_size = model.config.n_positions
+    if conversations is None:  # every window is block_size tokens long: check that one fits before encoding
+        check_context_fits(run, model.config)
+    tokenizer.model_max_length = VERY_LARGE_INTEGER  # a saved limit would warn about the whole corpus's length
+    if conversations is not None:
+        data = conversation_data(run, tokenizer, block_size, conversations, heldout, description)
+    else:
+        data = token_window_data(run, tokenizer, block_size, corpus, description)
+    tokenizer.model_max_length = block_size  # saved with it: pipelines then never feed the model more
+    set_generation_defaults(model, tokenizer, chat=data.chat)
+
+    if finished and final_model_step(output_dir) == start_step:  # the run ended already; change nothing
+        if is_main:
+            print(
+                f"{resume_from} is already at step {start_step} of --max_steps {args.max_steps}: nothing left to "
+                f"train; the final model in {output_dir} is kept as it is"
+            )
+        return None
+    if is_main:  # every input is checked: from here on the folder belongs to this run
+        if resume_note:
+            print(resume_note)
+        elif any(output_dir.glob("checkpoint-*")):
+            print(f"note: starting {output_dir} over; --resume_from_checkpoint would continue its checkpoints")
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise RunWriteError(f"{write_failure(error, output_dir, RUN_SETTINGS_FILE)}.") from error
+        print(f"training {model.num_parameters() / 1e6:.2f}M parameters on {data.description}")
+
+    trainer = build_trainer(model, tokenizer, args, data, run.model.muon_lr)
+    if finished:  # its final save was lost (or it came from elsewhere): evaluate the checkpoint's weights and save
+        if is_main:
+            print(
+                f"{resume_from} is already at step {start_step} of --max_steps {args.max_steps}: nothing left to "
+                "train; saving its model as the final one"
+            )
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from, "trainer_state.json")))
+        train_metrics = {"train_runtime": 0.0}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
+    eval_metrics = final_evaluation(trainer)
+    summary = None
+    if is_main:
+        # keep_fp32_wrapper=False: the model as built, without the autocast that bf16 training wrapped its forward in
+        model = trainer.accelerator.unwrap_model(
+            trainer.model, keep_fp32_wrapper=False, keep_torch_compile=False
+        ).eval()
+        summary = summarize(
+            run, model, tokenizer, data, trainer.state, train_metrics, eval_metrics, start_step, wall_start
+        )
+        try:
+            save_final_model(output_dir, model, tokenizer, summary, trainer.state.log_history)
+        except WRITE_ERRORS as error:
+            raise RunWriteError(
+                f"{write_failure(error, output_dir, 'the final model')}; the checkpoints and every file already "
+                "there are intact: free some space, then run again with --resume_from_checkpoint to save it."
+            ) from error
+        print_summary(summary, output_dir)
+    trainer.accelerator.wait_for_everyone()  # the other processes keep the process group up until the save
+    trainer.accelerator.end_training()
+    return summary
+
+
+def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
+    """`python train.py ...`: returns the exit code; bad input is one line on stderr, never a traceback.
+
+    `started_at` (a `time.perf_counter()` reading) starts the run's wall clock; train.py takes it before its
+    imports, so the reported wall time is what the user waited for.
+    """
+    wall_start = time.perf_counter() if started_at is None else started_at
+    try:
+        train(parse_args(argv), wall_start)
+    except (TrainingSetupError, DataError, ModelLoadError, RunWriteError) as error:
+        print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train.py: interrupted; continue with --resume_from_checkpoint", file=sys.stderr)
+        return 130
+    return 0

@@ -16,7 +16,6 @@ from tinygpt.data import (
     DataError,
     TokenWindows,
     WindowCollator,
-    build_tokenizer,
     conversation_dataset,
     encode_conversation,
     encode_text,
@@ -24,6 +23,7 @@ from tinygpt.data import (
     read_text_sources,
     split_train_val,
 )
+from tinygpt.tokenization_tinygpt import build_tokenizer
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 CONVERSATION = [

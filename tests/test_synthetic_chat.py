@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
-from tinygpt.data import build_tokenizer
 from tinygpt.synthetic_chat import FAMILIES, PREFIXES, HeldOutQuestion, exact_match, make_synthetic_chat
+from tinygpt.tokenization_tinygpt import build_tokenizer
 
 
 @pytest.fixture(scope="module")

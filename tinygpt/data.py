@@ -16,34 +16,15 @@ Design notes
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .tokenization_tinygpt import (
-    ASSISTANT,
-    BOS,
-    CHAT_TEMPLATE,
-    EOS,
-    PAD,
-    SPECIAL_TOKENS,
-    UNK,
-    USER,
-    TinyGPTCharTokenizer,
-    load_gpt2_chat_tokenizer,
-)
+from .tokenization_tinygpt import IGNORE_INDEX, DataError, _first_line, encode_conversations
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where encode_text may cut the text
-IGNORE_INDEX = -100  # label of positions that carry no loss (transformers' convention)
-
-
-class DataError(ValueError):
-    """Unusable training data; the one-line message names the file / record / value and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,91 +156,6 @@ def _read_dataset_column(name: str, config: str | None, column: str, split: str)
     if not texts:
         raise DataError(f"dataset {name!r}: column {column!r} of split {split!r} is empty.")
     return texts
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizers
-
-
-def build_tokenizer(spec: str, corpus: str | Iterable[str] | None, bpe_vocab_size: int = 1024):
-    """A tokenizer with the chat tokens and template: "char", "gpt2", "bpe" (trained on `corpus`) or a folder.
-
-    A folder is either GPT-2's vocab.json + merges.txt or a tokenizer saved with `save_pretrained` (e.g. a
-    previous run's output).
-    """
-    if spec == "char":
-        return TinyGPTCharTokenizer.from_corpus(_required_corpus(spec, corpus))
-    if spec == "gpt2":
-        try:
-            return load_gpt2_chat_tokenizer("gpt2")
-        except OSError as error:
-            raise DataError(
-                f"cannot load the 'gpt2' tokenizer from the Hub ({_first_line(error)}); "
-                "pass --tokenizer with a folder holding GPT-2's vocab.json + merges.txt."
-            ) from error
-    if spec == "bpe":
-        return train_bpe_tokenizer(_required_corpus(spec, corpus), bpe_vocab_size)
-    folder = Path(spec)
-    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
-        return _load_saved_tokenizer(folder)
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return load_gpt2_chat_tokenizer(folder)
-    raise DataError(
-        f"--tokenizer {spec!r} is not char, gpt2, bpe or a folder with a saved tokenizer "
-        "(tokenizer_config.json) or GPT-2's vocab.json + merges.txt."
-    )
-
-
-def _required_corpus(spec: str, corpus: str | Iterable[str] | None) -> str | Iterable[str]:
-    if corpus is None:
-        raise DataError(f"--tokenizer {spec} is built from the training text, but there is none.")
-    return corpus
-
-
-def _load_saved_tokenizer(folder: Path):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot load the tokenizer saved in {folder}: {_first_line(error)}") from error
-    vocab = tokenizer.get_vocab()
-    if any(token not in vocab for token in SPECIAL_TOKENS):
-        if (folder / "tokenizer.json").is_file():
-            return load_gpt2_chat_tokenizer(folder)  # adds the chat tokens to any BPE tokenizer
-        missing = [token for token in SPECIAL_TOKENS if token not in vocab]
-        raise DataError(f"the tokenizer in {folder} lacks the chat tokens {missing}; save it from tinygpt again.")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def train_bpe_tokenizer(corpus: str | Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """GPT-2-style byte-level BPE trained on `corpus` with `tokenizers`; the chat tokens come first (ids 0-5)."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise DataError(f"--bpe_vocab_size {vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS)} chat tokens.")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is a token: no text is unknown
-        show_progress=False,
-    )
-    bpe.train_from_iterator([corpus] if isinstance(corpus, str) else corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        pad_token=PAD,
-        unk_token=UNK,
-        bos_token=BOS,
-        eos_token=EOS,
-        extra_special_tokens=[USER, ASSISTANT],
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,35 +314,9 @@ def _check_messages(messages: list[dict], where: str) -> None:
 
 def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> dict:
     """{"input_ids": [...], "labels": [...]} of one conversation; see `encode_conversations`."""
+    _check_messages(messages, "conversation 0")
     encoded = encode_conversations(tokenizer, [messages], max_length)
     return {"input_ids": encoded["input_ids"][0], "labels": encoded["labels"][0]}
-
-
-def encode_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> dict:
-    """{"input_ids": [[...], ...], "labels": [[...], ...]}: chat-template renderings, labelled only on replies.
-
-    The template renders each assistant turn as "<assistant>:" reply "<EOS>", so the labelled ids are those after
-    each <assistant>: token up to and including the next <EOS>; the <assistant>: token itself (which generation's
-    prompt supplies), system and user turns get -100. (transformers' `return_assistant_tokens_mask` would need
-    {% generation %} tags and a fast tokenizer; the char tokenizer is not one.) Both lists are cut to `max_length`.
-    Rendering and tokenizing a batch at once is about twice as fast as one conversation at a time.
-    """
-    for i, messages in enumerate(conversations):
-        _check_messages(messages, f"conversation {i}")
-    texts = tokenizer.apply_chat_template(conversations, tokenize=False)
-    all_input_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    assistant_id, eos_id = tokenizer.convert_tokens_to_ids(ASSISTANT), tokenizer.eos_token_id
-    all_labels = []
-    for input_ids in all_input_ids:
-        labels, in_reply = [], False
-        for token in input_ids:
-            labels.append(token if in_reply else IGNORE_INDEX)
-            if token == assistant_id:
-                in_reply = True
-            elif token == eos_id:
-                in_reply = False
-        all_labels.append(labels)
-    return {"input_ids": [ids[:max_length] for ids in all_input_ids], "labels": [ls[:max_length] for ls in all_labels]}
 
 
 def conversation_dataset(tokenizer, conversations: list[list[dict]], max_length: int) -> datasets.Dataset:
@@ -477,13 +347,10 @@ __all__ = [
     "TINY_SHAKESPEARE_URL",
     "TokenWindows",
     "WindowCollator",
-    "build_tokenizer",
     "conversation_dataset",
     "encode_conversation",
-    "encode_conversations",
     "encode_text",
     "read_conversations",
     "read_text_sources",
     "split_train_val",
-    "train_bpe_tokenizer",
 ]

@@ -27,14 +27,10 @@ from transformers import (
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from ..configuration_tinygpt import TinyGPTConfig
-from ..data import (
-    DataError,
-    build_tokenizer,
-)
 from ..loading import ModelLoadError, load_model_and_tokenizer
 from ..modeling_tinygpt import TinyGPTForCausalLM
 from ..muon import MuonWithAdamW
-from ..tokenization_tinygpt import load_gpt2_chat_tokenizer
+from ..tokenization_tinygpt import DataError, build_tokenizer, load_gpt2_chat_tokenizer
 from .args import LATEST, SHAPE_FLAGS, ModelArguments, RunArguments, TrainingSetupError, check_arguments, parse_args
 from .corpus import TrainingData, check_context_fits, conversation_data, read_sources, token_window_data
 from .report import RunSummary, model_card, plot_losses, print_summary, summarize, write_metrics

@@ -4,7 +4,7 @@
     python benchmarks/bench_train_cpu.py --only shakespeare-cpu
 
 1. `python train.py --preset shakespeare-cpu --text_file ../shared/data/tinyshakespeare.txt`
-   targets: validation loss <= 1.80 within 112 s wall (issue B), <= 1.70 within 112 s (issue D).
+   target: validation loss <= 1.70 within 112 s wall (nanoGPT's CPU recipe reaches 1.89 in about that time).
 2. `python train.py` (the built-in synthetic chat task, offline)
    target: held-out exact match >= 90% within 300 s wall.
 
@@ -32,7 +32,7 @@ RUNS = {
         "args": ["--preset", "shakespeare-cpu", "--text_file", str(SHAKESPEARE)],
         "metric": "val_loss",
         "target": lambda metrics, wall: metrics["val_loss"] <= 1.70 and wall <= 112,
-        "target_text": "val loss <= 1.70 in <= 112 s (issue D; B asked <= 1.80)",
+        "target_text": "val loss <= 1.70 in <= 112 s",
     },
     "synthetic": {
         "args": [],

@@ -1,4 +1,5 @@
-"""Shared test settings: offline, no telemetry, a private HF_HOME, and the ../shared data when present."""
+"""Shared test settings (offline, no telemetry, a private HF_HOME) and every shared fixture: the fake Hub, the
+trained chat model, the ../shared data when present."""
 
 import os
 import sys
@@ -20,6 +21,24 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost,127.0.0.1"
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """Base URL of a fresh fake Hub (tests/fake_hub.py) on 127.0.0.1 that accepts TOKEN, for one test module."""
+    from tests.fake_hub import TOKEN, start_fake_hub
+
+    url, stop = start_fake_hub(tmp_path_factory.mktemp("fake-hub"), TOKEN)
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """A trained chat model's folder (tests/chat_fixtures.py; trained once per run): model, tokenizer, loss.png."""
+    from tests.chat_fixtures import trained_chat_model
+
+    return trained_chat_model()
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 from http import HTTPStatus
@@ -56,6 +57,17 @@ REPO_ROUTES = [  # (method set, pattern over the URL path, handler name)
     ({"POST"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/commit/(?P<rev>[^/]+)", "commit"),
     ({"GET", "HEAD"}, r"/(?P<owner>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
 ]
+
+TOKEN = "hf_tinygptTestToken_q8Zr2m3Vb9"  # the token start_fake_hub is given in the tests: its one valid token
+WRONG_TOKEN = "hf_tinygptWrongToken_x5Kp7w7Qs1"
+
+
+def closed_port_url() -> str:
+    """An endpoint on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def git_blob_sha1(content: bytes) -> str:

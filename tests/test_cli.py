@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
+from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url
 from tinygpt.chat import ChatModel, DecodingOptions
 from tinygpt.cli import main
 from tinygpt.hub import push_model

@@ -13,10 +13,10 @@ import textwrap
 
 import pytest
 import torch
-from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.hub import HubError, pull_model, push_model, validate_repo_id
 from tinygpt.loading import load_model_and_tokenizer

@@ -25,12 +25,11 @@ import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from hub_fixtures import TOKEN, WRONG_TOKEN, closed_port_url, hub_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi
 
 import tinygpt
 from tests.chat_fixtures import REPO, trained_chat_model
-from tests.fake_hub import start_fake_hub
+from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url, start_fake_hub
 from tinygpt.hub import push_model
 
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs

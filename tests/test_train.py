@@ -11,9 +11,9 @@ import struct
 
 import pytest
 import torch
-from train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
 
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
+from tests.train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
 from tinygpt.presets import PRESETS
 from tinygpt.training import main, parse_args
 from tinygpt.training.args import LATEST

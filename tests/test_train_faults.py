@@ -18,8 +18,8 @@ import time
 
 import pytest
 import torch
-from train_cli import TINY, TRAIN_PY, describe, run_train, train_env, write_corpus
 
+from tests.train_cli import TINY, TRAIN_PY, describe, run_train, train_env, write_corpus
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
 from tinygpt.tokenization_tinygpt import build_tokenizer
 from tinygpt.training import main

@@ -58,8 +58,8 @@ class Preset:
 
 
 PRESETS = {
-    # Held-out exact match on the synthetic task: 99% after 1000 steps, 100% after 1500 (150 s of training on
-    # 2 Xeon cores, about 3 minutes in all).
+    # Sized so that the synthetic task's held-out exam is passed well within 5 minutes on 2 CPU cores (the
+    # README's figures: benchmarks/bench_train_cpu.py).
     "tiny": Preset(
         description="default: the built-in synthetic chat task on 2 CPU cores in a few minutes",
         n_layer=2,
@@ -81,14 +81,10 @@ PRESETS = {
             save_steps=500,
         ),
     ),
-    # nanoGPT's CPU recipe (4x4x128, batch 12, 2000 steps at 1e-3) ends at val loss 1.89 after 1.5M tokens
-    # (97 s of training on 2 Xeon cores). A sweep of shapes and rates found two wider layers learn faster and
-    # cost less per token on a CPU (2x4x160, batch 24). On 2 cores a step is compute-bound (MKL's matmuls at
-    # ~150 GFLOP/s; compiling saves under 10% for 11 s of compiling), so what got below 1.70 was the schedule:
-    # decaying linearly to zero (1,450 steps: 1.706, against 1.713 for a cosine to zero and 1.718 at 1,400 steps
-    # for the cosine to 10% it had), then 4e-3 instead of 5e-3 and beta1 0.8. Three seeds: 1.682-1.698 in 95-103 s
-    # wall (benchmarks/bench_train_cpu.py). Tried and no better: larger or smaller batches for the same time,
-    # context 128, 3x128, 2x192, 2 heads, no biases, no weight decay, beta2 0.95, shorter warm-up.
+    # nanoGPT's CPU recipe (4x4x128, batch 12, 2000 steps at 1e-3), retuned for 2 cores: two wider layers learn
+    # faster and cost less per token on a CPU (2x4x160, batch 24). A step is compute-bound there (compiling saves
+    # little), so what lowered the loss was the schedule: a linear decay to zero, then a lower peak rate and
+    # beta1 0.8. The README gives the figures and what else was tried (benchmarks/bench_train_cpu.py).
     "shakespeare-cpu": Preset(
         description="nanoGPT's CPU Tiny Shakespeare recipe, retuned: val loss <= 1.70 in under 2 minutes on 2 cores",
         n_layer=2,
@@ -96,7 +92,7 @@ PRESETS = {
         n_embd=160,
         block_size=64,
         activation_function="gelu",
-        eval_windows=1024,  # 65K validation tokens: within 0.005 of the whole split, about 1 s an evaluation
+        eval_windows=1024,  # 65K validation tokens: close to the whole split's loss, at a fraction of its cost
         training=dict(
             max_steps=1400,
             per_device_train_batch_size=24,
@@ -121,13 +117,13 @@ PRESETS = {
         dropout=0.2,
         bias=False,  # as nanoGPT, whose count (10.65M) this preset matches
         eval_windows=2048,
-        # H100: 7 s of compiling for 8.4 ms steps, against inductor's 23 s for 6.2 ms steps: the whole 2500-step
-        # run is 10 s shorter this way (benchmarks/bench_train_gpu.py).
+        # "cudagraphs" compiles in a third of inductor's time for slightly slower steps: for a run this short
+        # that is the faster whole run (the README's performance section; benchmarks/bench_train_gpu.py).
         cuda_compile="cudagraphs",
         training=dict(
             # nanoGPT's recipe, with the cosine schedule ended at 2500 steps instead of 5000: this model peaks on
             # validation near step 2000 and then overfits, so decaying the rate there gives a lower minimum
-            # (H100: val 1.456 at 2000 steps vs 1.462 at 1750 with 5000; benchmarks/bench_train_gpu.py).
+            # (benchmarks/bench_train_gpu.py).
             max_steps=2500,
             per_device_train_batch_size=64,
             per_device_eval_batch_size=256,

@@ -13,8 +13,7 @@ for greetings the punctuation. The held-out questions are dressed questions that
 whose core does occur there under other dress: "Tinygpt, add 6 and 7." is new, but the sum is taught by
 "add 6 and 7." and "so add 6 and 7.", and the lead-in by other questions. So the exam asks whether the model
 learned the facts and operations apart from their wording, at a scale a ~0.4M-parameter character model
-learns in a couple of minutes on a CPU (2 layers x 128, batch 32, AdamW at 3e-3 with cosine decay: 95-98% after
-1000 steps, 100% after 2000 steps, which took 150 s on 2 threads of an idle Xeon).
+learns in a couple of minutes on a CPU (the "tiny" preset; the README has the measured figures).
 After training, `exact_match` asks the held-out questions with greedy decoding and scores the exact replies.
 """
 

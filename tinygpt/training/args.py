@@ -218,9 +218,9 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
 def use_cuda_graphs(args: TrainingArguments, policy: DevicePolicy, preset_compile: str | None, passed: dict) -> None:
     """On CUDA, compile with CUDA graphs where it is safe and the user chose neither backend nor mode.
 
-    A small model's step is bound by kernel launches, not arithmetic: CUDA graphs take shakespeare-char from
-    ~13 ms eager to 8.4 ms (backend "cudagraphs", the traced step replayed as recorded) or 6.2 ms (inductor's
-    fused kernels, mode "reduce-overhead") on an H100. Set after parsing because TrainingArguments turns
+    A small model's step is bound by kernel launches, not arithmetic: CUDA graphs (backend "cudagraphs", the
+    traced step replayed as recorded, or inductor's fused kernels with mode "reduce-overhead") cut its step time a
+    lot (the README's performance section has the figures). Set after parsing because TrainingArguments turns
     compiling on whenever a backend or mode is set, which would make `--torch_compile False` impossible. Not
     under DDP, whose gradient hooks write into buffers that a replayed graph would overwrite, nor with gradient
     accumulation, where backward read forward outputs that the next replay had overwritten (gpt2-small on an

@@ -26,6 +26,8 @@ from tinygpt.cli import main
 from tinygpt.hub import push_model
 from tinygpt.loading import load_model_and_tokenizer
 
+pytestmark = pytest.mark.slow  # subprocesses of the real command line
+
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs
 GENERATE_PROMPT = "<BOS><user>:how are you?<EOS><assistant>:"
 LONG_GENERATION = 150  # new tokens: past the chat model's 64-token window, twice over

@@ -152,6 +152,7 @@ def test_bad_requests_are_clear_errors(model_and_prompt):
         Request([1], temperature=-1)
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_compiled_cpu_engine_gives_the_same_tokens(model_and_prompt):
     model, prompt = model_and_prompt
@@ -166,6 +167,7 @@ def test_compiled_cpu_engine_gives_the_same_tokens(model_and_prompt):
     assert list(Engine(other, compile=True).stream(prompt[:5], max_new_tokens=N_POSITIONS)) == eager
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_int8_engine_picks_what_fp32_would(model_and_prompt):
     model, prompt = model_and_prompt

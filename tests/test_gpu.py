@@ -19,6 +19,7 @@ from tinygpt.engine import Engine, Request
 
 pytestmark = [
     pytest.mark.cuda,
+    pytest.mark.slow,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
 ]
 

@@ -109,6 +109,7 @@ def test_truncated_weights(broken_folder):
         AutoModelForCausalLM.from_pretrained(broken_folder)
 
 
+@pytest.mark.slow
 def test_nan_weights_are_refused_not_decoded(broken_folder, model, tokenizer):
     diverged = tiny_model(tokenizer, n_positions=WINDOW)
     with torch.no_grad():

@@ -18,6 +18,8 @@ from tinygpt.presets import PRESETS
 from tinygpt.training import main, parse_args
 from tinygpt.training.args import LATEST
 
+pytestmark = pytest.mark.slow  # subprocesses of the real command line
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -87,6 +87,7 @@ def newest_complete_checkpoint(output) -> int:
     return max(steps, default=0)
 
 
+@pytest.mark.slow
 def test_sigkill_then_bare_resume_continues_the_same_schedule_and_data(workdir, corpus):
     max_steps, save_steps = 60, 4
     output = workdir / "killed"
@@ -156,6 +157,7 @@ def fails_cleanly(argv, capsys, output, message: str) -> None:
     assert snapshot(output) == before
 
 
+@pytest.mark.slow
 def test_missing_text_file_through_the_cli(workdir):
     missing = workdir / "nope.txt"
     result = run_train("--text_file", missing, "--output_dir", workdir / "out-missing", cwd=workdir)
@@ -354,6 +356,7 @@ def run_train_on_a_tmpfs(workdir, mount_options: str, *args, cwd) -> subprocess.
     )
 
 
+@pytest.mark.slow
 @needs_mounts
 def test_output_dir_on_a_read_only_filesystem_through_the_cli(workdir, corpus):
     output = workdir / "mnt" / "run"
@@ -366,6 +369,7 @@ def test_output_dir_on_a_read_only_filesystem_through_the_cli(workdir, corpus):
     )
 
 
+@pytest.mark.slow
 def test_eval_windows_zero_through_the_cli(workdir, corpus):
     output = workdir / "out-cli-eval-windows"
     result = run_train(*TINY, "--text_file", corpus, "--output_dir", output, "--eval_windows", "0", cwd=workdir)
@@ -642,6 +646,7 @@ def test_a_full_disk_during_the_final_save_keeps_everything_and_resuming_saves_i
     assert json.loads((output / "metrics.json").read_text())["global_step"] == 4
 
 
+@pytest.mark.slow
 @needs_mounts
 def test_a_really_full_disk_through_the_cli(workdir, corpus):
     """A 700 KiB tmpfs holds the settings and checkpoint-2 (~450 KiB) but not checkpoint-4: torch.save fails."""

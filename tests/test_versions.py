@@ -15,10 +15,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 OTHER_PYTHON = os.environ.get("TINYGPT_OTHER_PYTHON")
-pytestmark = pytest.mark.skipif(
-    not OTHER_PYTHON,
-    reason="needs TINYGPT_OTHER_PYTHON, a python with the other end of the transformers range (.ci/run sets it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not OTHER_PYTHON,
+        reason="needs TINYGPT_OTHER_PYTHON, a python with the other end of the transformers range (.ci/run sets it)",
+    ),
+]
 
 PROMPT = "First Citizen:\nBefore we"
 

@@ -92,3 +92,16 @@ def test_space_app_runs_without_tinygpt_and_answers_gradio_client(hub, pushed, t
     finally:
         app.terminate()
         app.wait(timeout=30)
+
+
+def test_app_hub_tab_publishes_a_space(hub, model_dir, monkeypatch):
+    from tinygpt import webui
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub)
+    status, token_box = webui.push(str(model_dir), "bob/chat", TOKEN, False, "", "bob/chat-demo")
+    assert status == f"Pushed {model_dir} to {hub}/bob/chat and created the Space {hub}/spaces/bob/chat-demo"
+    assert token_box == ""
+    space_files = {sibling.rfilename for sibling in HfApi(endpoint=hub).space_info("bob/chat-demo").siblings}
+    assert space_files == {"README.md", "app.py", "requirements.txt"}
+    status, _ = webui.push(str(model_dir), "bob/chat", TOKEN, False, "", "not a space id")
+    assert status.startswith("Error: 'not a space id' is not a Hub repo id")

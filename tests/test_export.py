@@ -243,3 +243,20 @@ def test_gguf_runs_in_llama_cpp_like_tinygpt(saved_model, tmp_path):
         expected = model(torch.tensor([chat_ids])).logits[0].numpy()  # (T, vocab)
     assert np.abs(logits - expected).max() <= 1e-2 * np.abs(expected).max()
     assert greedy == tinygpt_greedy(model, chat_ids, 20)
+
+
+@pytest.mark.slow
+def test_gguf_of_an_ascii_exact_gelu_chat_model_chats_in_llama_cpp(tmp_path):
+    """No multi-byte characters, so no merges of its own; trained with the exact GELU, which llama.cpp approximates."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (.ci/run installs it)")
+    from chat_fixtures import trained_chat_model
+
+    folder = trained_chat_model()
+    assert main(["export", str(folder), str(tmp_path / "chat.gguf"), "--format", "gguf"]) == 0  # f16 by default
+    llm = llama_cpp.Llama(str(tmp_path / "chat.gguf"), n_ctx=64, logits_all=True, verbose=False)
+    try:
+        prompt = "<BOS><user>:hi<EOS><assistant>:"
+        reply = llm.create_completion(prompt, max_tokens=20, temperature=0.0)["choices"][0]["text"]
+    finally:
+        llm.close()
+    assert reply == "hello!"  # greedy, stopped at <EOS>: what the model learned

@@ -355,7 +355,9 @@ def byte_level_vocab(tokenizer, vocab_size: int, token_type) -> tuple[list[str],
             spelled[index] = "".join(pieces)
             for end in range(1, len(pieces)):  # "ä ½", then "ä½ ł": a dict keeps the first rank of each merge
                 merges.setdefault(f"{''.join(pieces[:end])} {pieces[end]}", None)
-        merges = list(merges)
+        # llama.cpp refuses a BPE vocab without merges (an ASCII-only corpus has none): give it one that never
+        # applies to UTF-8 text, an ASCII byte followed by a continuation byte.
+        merges = list(merges) or [f"{byte_char[ord('!')]} {byte_char[0x80]}"]
     else:
         state = json.loads(tokenizer.backend_tokenizer.to_str())
         spelled = {index: token for token, index in state["model"]["vocab"].items()}

@@ -65,8 +65,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}"{{ subfolder_arg }})
 tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}"{{ subfolder_arg }})
 messages = [{"role": "user", "content": "hi"}]
-input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
-reply = model.generate(input_ids, max_new_tokens=64)[0, input_ids.shape[1]:]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+room = model.config.n_positions - inputs["input_ids"].shape[1]  # GPT-2's positions end at n_positions
+reply = model.generate(**inputs, max_new_tokens=room)[0, inputs["input_ids"].shape[1]:]
 print(tokenizer.decode(reply, skip_special_tokens=True))
 ```
 

@@ -144,7 +144,8 @@ def push_model(
     model_dir = Path(model_dir)
     config = _check_model_dir(model_dir)
     api = HfApi(endpoint=endpoint, token=token)
-    plain_dir = _plain_export(model_dir, repo_id, validate_repo_id(space_id), api.endpoint) if space_id else None
+    if space_id is not None:
+        validate_repo_id(space_id)
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=model_dir / name)
         for name in MODEL_FILES
@@ -157,16 +158,19 @@ def push_model(
     if not (model_dir / "README.md").is_file():
         card = _model_card(repo_id, model_dir, config, space_id, api.endpoint)
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
-    if plain_dir is not None:
-        operations += [
-            CommitOperationAdd(path_in_repo=f"{PLAIN_FOLDER}/{path.name}", path_or_fileobj=path.read_bytes())
-            for path in sorted(plain_dir.iterdir())
-        ]
-        shutil.rmtree(plain_dir)
+    if space_id is not None:
+        plain_dir = _plain_export(model_dir, repo_id, space_id, api.endpoint)
+        try:
+            operations += [
+                CommitOperationAdd(path_in_repo=f"{PLAIN_FOLDER}/{path.name}", path_or_fileobj=path.read_bytes())
+                for path in sorted(plain_dir.iterdir())
+            ]
+        finally:
+            shutil.rmtree(plain_dir)
     with _hub_errors(repo_id, api.endpoint, token, action="push to"):
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.create_commit(repo_id, operations, commit_message=commit_message or "Upload TinyGPT model")
-    if space_id:
+    if space_id is not None:
         with _hub_errors(space_id, api.endpoint, token, action="push to"):
             push_space(api, space_id, repo_id, commit.oid, private=private)
     return str(repo_url)

@@ -36,9 +36,9 @@ def chat(message, history):
     messages = [{"role": turn["role"], "content": text_of(turn["content"])} for turn in history]
     messages.append({"role": "user", "content": text_of(message)})
     while True:
-        input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")[
-            "input_ids"
-        ]  # (1, T)
+        input_ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]  # (1, T)
         if input_ids.shape[1] <= window - MIN_REPLY_TOKENS or len(messages) == 1:
             break
         messages = messages[1:]

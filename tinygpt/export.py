@@ -258,7 +258,10 @@ def model_card(config: GPT2Config, tokenizer, *, repo_id: str, space_id=None, su
 
 def export_gguf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str = "f16") -> None:
     """Write one .gguf file: architecture gpt2, byte-level BPE tokenizer, chat template, f32 or f16 weights."""
-    import gguf  # the `export` extra
+    try:
+        import gguf  # the `export` extra
+    except ImportError:
+        raise ExportError("GGUF export needs the gguf package: pip install 'tinygpt[export]'.") from None
 
     config = model.config
     if out.suffix != ".gguf":

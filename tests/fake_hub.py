@@ -14,7 +14,8 @@ from_pretrained on a repo id:
     POST /api/models/{repo}/commit/{rev}            NDJSON: header, file (base64), deletedFile, deletedFolder
     HEAD/GET /{repo}/resolve/{rev}/{path}           X-Repo-Commit, ETag (git blob sha1), Content-Length
 
-Repos are "owner/name" model repos; a revision is "main" or any commit sha of the repo.
+Repos are "owner/name" model repos, or Space repos: the same endpoints under /api/spaces/ and /spaces/ (for
+`tinygpt push --space`); a revision is "main" or any commit sha of the repo.
 
 Behaviour that tests rely on:
 - One token. Creating repos and committing need it; a request carrying any OTHER token gets 401 "Invalid
@@ -49,13 +50,18 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SERVER_ERROR_MARKER = "server-error"
+API_REPO = r"/api/(?P<kind>models|spaces)/(?P<owner>[^/]+)/(?P<name>[^/]+)"
 REPO_ROUTES = [  # (method set, pattern over the URL path, handler name)
-    ({"GET"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)(?:/revision/(?P<rev>[^/]+))?", "model_info"),
-    ({"GET"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
-    ({"GET"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/commits/(?P<rev>[^/]+)", "commits"),
-    ({"POST"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/preupload/(?P<rev>[^/]+)", "preupload"),
-    ({"POST"}, r"/api/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/commit/(?P<rev>[^/]+)", "commit"),
-    ({"GET", "HEAD"}, r"/(?P<owner>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ({"GET"}, API_REPO + r"(?:/revision/(?P<rev>[^/]+))?", "model_info"),
+    ({"GET"}, API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
+    ({"GET"}, API_REPO + r"/commits/(?P<rev>[^/]+)", "commits"),
+    ({"POST"}, API_REPO + r"/preupload/(?P<rev>[^/]+)", "preupload"),
+    ({"POST"}, API_REPO + r"/commit/(?P<rev>[^/]+)", "commit"),
+    (
+        {"GET", "HEAD"},
+        r"/(?:(?P<kind>spaces)/)?(?P<owner>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
+        "resolve",
+    ),
 ]
 
 TOKEN = "hf_tinygptTestToken_q8Zr2m3Vb9"  # the token start_fake_hub is given in the tests: its one valid token
@@ -90,30 +96,32 @@ class RepoStore:
         (self.root / "repos").mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
 
-    def _meta_path(self, owner: str, name: str) -> Path:
-        return self.root / "repos" / owner / f"{name}.json"
+    def _meta_path(self, owner: str, name: str, kind: str) -> Path:
+        return self.root / ("repos" if kind == "models" else kind) / owner / f"{name}.json"
 
-    def load(self, owner: str, name: str) -> dict | None:
-        path = self._meta_path(owner, name)
+    def load(self, owner: str, name: str, kind: str = "models") -> dict | None:
+        path = self._meta_path(owner, name, kind)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def _save(self, owner: str, name: str, meta: dict) -> None:
-        path = self._meta_path(owner, name)
+    def _save(self, owner: str, name: str, meta: dict, kind: str) -> None:
+        path = self._meta_path(owner, name, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps(meta, indent=1).encode())
 
-    def create(self, owner: str, name: str, private: bool) -> bool:
+    def create(self, owner: str, name: str, private: bool, kind: str = "models") -> bool:
         """False if the repo already exists. A new repo starts with one empty commit, as on the Hub."""
         with self.lock:
-            if self.load(owner, name) is not None:
+            if self.load(owner, name, kind) is not None:
                 return False
             sha, commit = _new_commit(None, {}, "initial commit")
-            self._save(owner, name, {"private": private, "main": sha, "commits": {sha: commit}})
+            self._save(owner, name, {"private": private, "main": sha, "commits": {sha: commit}}, kind)
             return True
 
-    def commit(self, owner: str, name: str, rev: str, added: dict[str, bytes], deleted: list[str], summary: str) -> str:
+    def commit(
+        self, owner: str, name: str, rev: str, added: dict[str, bytes], deleted: list[str], summary: str, kind: str
+    ) -> str:
         with self.lock:
-            meta = self.load(owner, name)
+            meta = self.load(owner, name, kind)
             parent = resolve_revision(meta, rev)
             files = {
                 path: oid for path, oid in meta["commits"][parent]["files"].items() if not _is_deleted(path, deleted)
@@ -126,7 +134,7 @@ class RepoStore:
                 files[path] = oid
             sha, meta["commits"][sha] = _new_commit(parent, files, summary)
             meta["main"] = sha
-            self._save(owner, name, meta)
+            self._save(owner, name, meta, kind)
             return sha
 
     def read_object(self, oid: str) -> bytes:
@@ -195,7 +203,7 @@ class FakeHubHandler(BaseHTTPRequestHandler):
                 match = re.fullmatch(pattern, url.path)
                 if match and self.command in methods:
                     params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
-                    meta = self._visible_repo(params.pop("owner"), params.pop("name"))
+                    meta = self._visible_repo(params.pop("owner"), params.pop("name"), params.pop("kind", "models"))
                     return getattr(self, handler)(meta, **params)
             raise ApiError(404, f"no such endpoint: {self.command} {url.path}")
         except ApiError as error:
@@ -217,13 +225,13 @@ class FakeHubHandler(BaseHTTPRequestHandler):
         if not self.authenticated:
             raise ApiError(401, "You must be authenticated to write to the Hub: pass a token.")
 
-    def _visible_repo(self, owner: str, name: str) -> dict:
+    def _visible_repo(self, owner: str, name: str, kind: str = "models") -> dict:
         if SERVER_ERROR_MARKER in name:
             raise ApiError(500, "Internal Error - simulated by the fake hub (repo name contains 'server-error')")
-        meta = self.store.load(owner, name)
+        meta = self.store.load(owner, name, kind)
         if meta is None or (meta["private"] and not self.authenticated):
             raise ApiError(404, "Repository not found", "RepoNotFound")
-        meta["id"] = f"{owner}/{name}"
+        meta["id"], meta["kind"] = f"{owner}/{name}", kind
         return meta
 
     def _send_json(self, payload, status: int = 200, headers: dict | None = None):
@@ -238,9 +246,9 @@ class FakeHubHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(content)
 
-    def _repo_url(self, repo_id: str) -> str:
+    def _repo_url(self, repo_id: str, kind: str = "models") -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/{repo_id}"
+        return f"http://{host}:{port}/{'spaces/' if kind == 'spaces' else ''}{repo_id}"
 
     # -- endpoints ---------------------------------------------------------------------------------------------
 
@@ -248,14 +256,17 @@ class FakeHubHandler(BaseHTTPRequestHandler):
         self._require_token()
         request = json.loads(self.body or b"{}")
         owner, name = request.get("organization"), request.get("name")
-        if request.get("type", "model") != "model" or not owner or not name:
-            raise ApiError(400, "this fake hub only hosts model repos named owner/name")
+        kind = {"model": "models", "space": "spaces"}.get(request.get("type", "model"))
+        if kind is None or not owner or not name:
+            raise ApiError(400, "this fake hub only hosts model and Space repos named owner/name")
+        if kind == "spaces" and not request.get("sdk"):
+            raise ApiError(400, "a Space needs an sdk (gradio, docker or static)")
         if SERVER_ERROR_MARKER in name:
             raise ApiError(500, "Internal Error - simulated by the fake hub (repo name contains 'server-error')")
         private = request.get("visibility") == "private" or bool(request.get("private"))
-        url = self._repo_url(f"{owner}/{name}")
-        if not self.store.create(owner, name, private):
-            raise ApiError(409, "You already created this model repo", extra={"url": url})
+        url = self._repo_url(f"{owner}/{name}", kind)
+        if not self.store.create(owner, name, private, kind):
+            raise ApiError(409, "You already created this repo", extra={"url": url})
         self._send_json({"url": url, "name": f"{owner}/{name}"})
 
     def model_info(self, meta: dict, rev: str = "main"):
@@ -326,10 +337,9 @@ class FakeHubHandler(BaseHTTPRequestHandler):
             else:  # lfsFile and copies never come: preupload answers "regular" for every file
                 raise ApiError(400, f"this fake hub does not support {key!r} commit operations")
         owner, name = meta["id"].split("/")
-        sha = self.store.commit(owner, name, rev, added, deleted, summary)
-        self._send_json(
-            {"commitUrl": f"{self._repo_url(meta['id'])}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
-        )
+        sha = self.store.commit(owner, name, rev, added, deleted, summary, meta["kind"])
+        url = self._repo_url(meta["id"], meta["kind"])
+        self._send_json({"commitUrl": f"{url}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None})
 
     def resolve(self, meta: dict, rev: str, path: str):
         sha = resolve_revision(meta, rev)

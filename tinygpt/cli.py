@@ -4,6 +4,7 @@
     tinygpt generate MODEL --prompt TEXT      continue a plain text, streaming (--temperature 0: greedy)
     tinygpt push DIR owner/name               upload a saved model folder to the Hub
     tinygpt pull owner/name [DIR]             download one (into the HF cache, or into DIR)
+    tinygpt export MODEL OUT                  write it as plain GPT-2 (--format hf) or as GGUF (--format gguf)
 
 Thin on purpose: each command parses its arguments and calls the package (tinygpt.loading, tinygpt.chat,
 tinygpt.hub). MODEL is a local folder or a Hub repo id, pulled into the cache first. What a user can get wrong
@@ -22,14 +23,16 @@ import sys
 import threading
 import time
 
-from huggingface_hub import get_token
+from huggingface_hub import constants, get_token
 from transformers import set_seed
 from transformers.utils import logging as transformers_logging
 
 from .chat import ChatModel, DecodingOptions, text_pieces
 from .engine import Engine
+from .export import DTYPES, FORMATS, ExportError, export_model
 from .hub import HubError, is_offline, local_model_folder, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load_model_and_tokenizer
+from .space import space_url
 
 EXIT_WORDS = ("exit", "quit")
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         check_decoding_arguments(parser, args)
     try:
         return args.run(args)
-    except (HubError, ModelLoadError) as error:
+    except (HubError, ModelLoadError, ExportError) as error:
         print(f"tinygpt {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -85,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)"
     )
     push.add_argument("--commit_message", default=None, help='commit message (default "Upload TinyGPT model")')
+    push.add_argument(
+        "--space",
+        metavar="owner/space",
+        default=None,
+        help="also put the model as plain GPT-2 in gpt2/ and create a Gradio Space chatting with it at this commit",
+    )
     push.set_defaults(run=run_push)
 
     pull = commands.add_parser("pull", help="download a model from the Hub", description=run_pull.__doc__)
@@ -94,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     pull.set_defaults(run=run_pull)
+
+    export = commands.add_parser(
+        "export", help="write a model as plain GPT-2 or as GGUF", description=run_export.__doc__
+    )
+    export.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (owner/name)")
+    export.add_argument("out", metavar="OUT", help="new folder (hf) or .gguf file (gguf) to write")
+    export.add_argument("--format", choices=FORMATS, default="hf", help="hf (default): transformers; gguf: llama.cpp")
+    export.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights' type (default f32; gguf: f16)")
+    export.set_defaults(run=run_export)
     return parser
 
 
@@ -212,10 +230,19 @@ def run_push(args: argparse.Namespace) -> int:
     token = None
     if get_token() is None and sys.stdin.isatty():
         token = getpass.getpass("Hub token with write access (hidden; set HF_TOKEN to skip this): ").strip() or None
+    if args.space is not None:
+        validate_repo_id(args.space)
     url = push_model(
-        args.model_dir, args.repo_id, token=token, private=args.private, commit_message=args.commit_message
+        args.model_dir,
+        args.repo_id,
+        token=token,
+        private=args.private,
+        commit_message=args.commit_message,
+        space_id=args.space,
     )
     print(f"pushed {args.model_dir} to {url}")
+    if args.space is not None:
+        print(f"created the Space {space_url(args.space, constants.ENDPOINT)}")
     return 0
 
 
@@ -228,6 +255,17 @@ def run_pull(args: argparse.Namespace) -> int:
         print(f"using the cached copy of {args.repo_id} in {folder} (HF_HUB_OFFLINE=1: the Hub was not asked)")
     else:
         print(f"pulled {args.repo_id} to {folder}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a model so that it runs without tinygpt. hf (the default): a folder with a GPT2LMHeadModel
+    (safetensors), a fast tokenizer (tokenizer.json, the same ids), the chat template, a generation config and a
+    model card; it loads in stock transformers without remote code, and in vLLM and TGI. gguf: one .gguf file
+    (architecture gpt2, byte-level BPE, the chat template) for llama.cpp and ollama, in f16 or f32."""
+    dtype = args.dtype or ("f16" if args.format == "gguf" else "f32")
+    out = export_model(local_model_folder(args.model), args.out, format=args.format, dtype=dtype)
+    print(f"exported {args.model} as {args.format} ({dtype}) to {out}")
     return 0
 
 

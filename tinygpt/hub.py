@@ -11,6 +11,8 @@ Design notes
   never from the folder or from a path a config names: an `auto_map` naming any other module is refused, so a
   push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
   the folder itself is never written to: the card goes up from memory, in the same commit as the files.
+- `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.export),
+  and a Gradio Space running that folder at this commit is created after it (tinygpt.space).
 - What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
   error, not a stale cached copy returned in silence (snapshot_download's fallback); the error says when a
   cached copy exists and how to use it (HF_HUB_OFFLINE=1). A repo whose file list names an absolute path or
@@ -27,6 +29,7 @@ Design notes
 import contextlib
 import json
 import posixpath
+import shutil
 from pathlib import Path
 
 from huggingface_hub import (
@@ -51,7 +54,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
 from .configuration_tinygpt import TinyGPTConfig
+from .export import ExportError, export_to_temp, load_for_export
 from .loading import ModelLoadError, check_weights, load_config
+from .space import push_space, space_url
 
 # The files of a saved model folder (flat, no subfolders). The code files come on top, from the package.
 MODEL_FILES = [
@@ -69,6 +74,7 @@ MODEL_FILES = [
 ]
 # tinygpt's own code files, uploaded from the installed package for the modules a saved auto_map names.
 PACKAGE_DIR = Path(__file__).resolve().parent
+PLAIN_FOLDER = "gpt2"  # push --space: the model as plain GPT-2, which the Space runs
 CODE_MODULES = ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt")
 
 MODEL_CARD_TEMPLATE = """---
@@ -92,7 +98,13 @@ tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}", trust_remote_code=Tru
 
 With tinygpt installed, no remote code runs: `import tinygpt` first and drop `trust_remote_code`, or chat
 in a terminal with `tinygpt chat {{ repo_id }}`.
-"""
+{% if space_url %}
+## Plain GPT-2 and a demo Space
+
+The `gpt2/` folder holds the same model as a plain `GPT2LMHeadModel` with a fast tokenizer and the chat
+template: it needs neither tinygpt nor remote code (`from_pretrained("{{ repo_id }}", subfolder="gpt2")`, vLLM,
+TGI). Chat with it in the Space [{{ space_id }}]({{ space_url }}).
+{% endif %}"""
 
 
 class HubError(Exception):
@@ -122,11 +134,18 @@ def push_model(
     private: bool = False,
     commit_message: str | None = None,
     endpoint: str | None = None,
+    space_id: str | None = None,
 ) -> str:
-    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the repo URL."""
+    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the repo URL.
+
+    With `space_id`, the commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.export), and a Gradio
+    Space chatting with it at that commit is created after (tinygpt.space)."""
     repo_id = validate_repo_id(repo_id)
     model_dir = Path(model_dir)
     config = _check_model_dir(model_dir)
+    api = HfApi(endpoint=endpoint, token=token)
+    if space_id is not None:
+        validate_repo_id(space_id)
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=model_dir / name)
         for name in MODEL_FILES
@@ -137,14 +156,35 @@ def push_model(
         for module in _code_modules(model_dir, config)
     ]
     if not (model_dir / "README.md").is_file():
-        operations.append(
-            CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=_model_card(repo_id, model_dir, config))
-        )
-    api = HfApi(endpoint=endpoint, token=token)
+        card = _model_card(repo_id, model_dir, config, space_id, api.endpoint)
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
+    if space_id is not None:
+        plain_dir = _plain_export(model_dir, repo_id, space_id, api.endpoint)
+        try:
+            operations += [
+                CommitOperationAdd(path_in_repo=f"{PLAIN_FOLDER}/{path.name}", path_or_fileobj=path.read_bytes())
+                for path in sorted(plain_dir.iterdir())
+            ]
+        finally:
+            shutil.rmtree(plain_dir)
     with _hub_errors(repo_id, api.endpoint, token, action="push to"):
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.create_commit(repo_id, operations, commit_message=commit_message or "Upload TinyGPT model")
+        commit = api.create_commit(repo_id, operations, commit_message=commit_message or "Upload TinyGPT model")
+    if space_id is not None:
+        with _hub_errors(space_id, api.endpoint, token, action="push to"):
+            push_space(api, space_id, repo_id, commit.oid, private=private)
     return str(repo_url)
+
+
+def _plain_export(model_dir: Path, repo_id: str, space_id: str, endpoint: str) -> Path:
+    """The model as plain GPT-2 in a temporary folder, its card linking the Space."""
+    try:
+        model, tokenizer = load_for_export(model_dir)
+        return export_to_temp(
+            model, tokenizer, repo_id=repo_id, space_id=space_id, subfolder=PLAIN_FOLDER, endpoint=endpoint
+        )
+    except ExportError as error:
+        raise HubError(f"cannot publish a Space for {model_dir}: {error}") from None
 
 
 def pull_model(
@@ -280,7 +320,9 @@ def _read_json(path: Path) -> dict:
         return json.load(f)
 
 
-def _model_card(repo_id: str, model_dir: Path, config: TinyGPTConfig) -> bytes:
+def _model_card(
+    repo_id: str, model_dir: Path, config: TinyGPTConfig, space_id: str | None = None, endpoint: str = ""
+) -> bytes:
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
     card_data = ModelCardData(library_name="transformers", pipeline_tag="text-generation", tags=["tinygpt", "gpt2"])
     card = ModelCard.from_template(
@@ -288,6 +330,8 @@ def _model_card(repo_id: str, model_dir: Path, config: TinyGPTConfig) -> bytes:
         template_str=MODEL_CARD_TEMPLATE,
         repo_id=repo_id,
         tokenizer_class=tokenizer_config.get("tokenizer_class", "saved"),
+        space_id=space_id,
+        space_url=space_url(space_id, endpoint) if space_id else None,
         **{field: getattr(config, field) for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
     )
     return str(card).encode()

@@ -37,12 +37,14 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
+from huggingface_hub import constants  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
 
 from .chat import ChatModel, DecodingOptions  # noqa: E402
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
+from .space import space_url  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
 REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
@@ -268,6 +270,12 @@ def build_app(
             push_message = gr.Textbox(
                 label="Commit message", placeholder="Upload TinyGPT model", elem_id="push-message"
             )
+            push_space = gr.Textbox(
+                label="Also publish a demo Space (optional): the model as plain GPT-2 in gpt2/, and a Gradio Space "
+                "chatting with it",
+                placeholder="owner/space",
+                elem_id="push-space",
+            )
             push_button = gr.Button("Push", variant="primary", elem_id="push-button")
             push_status = gr.Markdown(elem_id="push-status")
 
@@ -289,7 +297,7 @@ def build_app(
         )
         push_button.click(
             functools.partial(push, allow_server_token=allow_server_token),
-            inputs=[current_model, push_repo, push_token, push_private, push_message],
+            inputs=[current_model, push_repo, push_token, push_private, push_message, push_space],
             outputs=[push_status, push_token],
             api_name=False,
         )
@@ -385,9 +393,11 @@ def push(
     token: str,
     private: bool,
     commit_message: str,
+    space_id: str = "",
     allow_server_token: bool = False,
 ):
-    """Push button: (status, cleared token box). A blank token is an error unless `allow_server_token`."""
+    """Push button: (status, cleared token box). A blank token is an error unless `allow_server_token`; a Space id
+    also publishes a demo Space (tinygpt push --space)."""
     if model_folder is None:
         return "Error: no model loaded; load one in the Model tab first.", ""
     token = _visitor_token(token, allow_server_token)
@@ -400,9 +410,15 @@ def push(
             token=token,
             private=bool(private),
             commit_message=_text(commit_message) or None,
+            space_id=_text(space_id) or None,
         )
     except HubError as error:
         return f"Error: {error}", ""
+    if _text(space_id):
+        return (
+            f"Pushed {model_folder} to {url} and created the Space {space_url(_text(space_id), constants.ENDPOINT)}",
+            "",
+        )
     return f"Pushed {model_folder} to {url}", ""
 
 

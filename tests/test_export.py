@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_models import save_tiny_model
 
+from tests.tiny_models import save_tiny_model
 from tinygpt import CHAT_TEMPLATE, TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM, load_gpt2_chat_tokenizer
 from tinygpt.cli import main
 from tinygpt.export import to_gpt2
@@ -249,7 +249,7 @@ def test_gguf_runs_in_llama_cpp_like_tinygpt(saved_model, tmp_path):
 def test_gguf_of_an_ascii_exact_gelu_chat_model_chats_in_llama_cpp(tmp_path):
     """No multi-byte characters, so no merges of its own; trained with the exact GELU, which llama.cpp approximates."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (.ci/run installs it)")
-    from chat_fixtures import trained_chat_model
+    from tests.chat_fixtures import trained_chat_model
 
     folder = trained_chat_model()
     assert main(["export", str(folder), str(tmp_path / "chat.gguf"), "--format", "gguf"]) == 0  # f16 by default

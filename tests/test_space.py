@@ -12,9 +12,9 @@ import time
 import urllib.request
 
 import pytest
-from hub_fixtures import TOKEN, hub_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi, constants, snapshot_download
 
+from tests.fake_hub import TOKEN
 from tinygpt.cli import main
 
 # Runs the Space's app.py as Spaces do (python app.py), with `import tinygpt` failing.

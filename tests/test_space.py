@@ -17,6 +17,8 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from tests.fake_hub import TOKEN
 from tinygpt.cli import main
 
+pytestmark = pytest.mark.slow  # a Space app started as a subprocess
+
 # Runs the Space's app.py as Spaces do (python app.py), with `import tinygpt` failing.
 RUN_WITHOUT_TINYGPT = "import runpy, sys; sys.modules['tinygpt'] = None; runpy.run_path('app.py', run_name='__main__')"
 

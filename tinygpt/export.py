@@ -29,13 +29,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from tokenizers import AddedToken, Tokenizer, decoders, models
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
 
 from .loading import ModelLoadError, load_model_and_tokenizer
+from .model_card import model_card
 from .modeling_tinygpt import TinyGPTForCausalLM
+from .space import space_url
 from .tokenization_tinygpt import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PAD, UNK, USER, TinyGPTCharTokenizer
 
 logger = logging.getLogger(__name__)
@@ -44,43 +45,6 @@ FORMATS = ("hf", "gguf")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 GGUF_DTYPES = ("f32", "f16")  # what llama.cpp's gpt2 loads without quantizing
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ repo_id }}
-
-A plain GPT-2 exported from a tinygpt model: {{ n_layer }} layers, {{ n_head }} heads,
-{{ n_embd }}-wide, a {{ n_positions }}-token context, a {{ tokenizer_kind }} tokenizer and a chat template
-(`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`). It needs neither tinygpt nor remote code.
-{% if space_url %}
-Chat with it in the Space [{{ space_id }}]({{ space_url }}).
-{% endif %}
-## transformers
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}"{{ subfolder_arg }})
-tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}"{{ subfolder_arg }})
-messages = [{"role": "user", "content": "hi"}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-room = model.config.n_positions - inputs["input_ids"].shape[1]  # GPT-2's positions end at n_positions
-reply = model.generate(**inputs, max_new_tokens=room)[0, inputs["input_ids"].shape[1]:]
-print(tokenizer.decode(reply, skip_special_tokens=True))
-```
-
-## vLLM
-
-```bash
-{% if subfolder %}hf download {{ repo_id }} --include "{{ subfolder }}/*" --local-dir {{ local_name }}
-vllm serve {{ local_name }}/{{ subfolder }} --max-model-len {{ n_positions }}
-{% else %}vllm serve {{ repo_id }} --max-model-len {{ n_positions }}
-{% endif %}```
-
-and chat through its OpenAI-compatible API (`/v1/chat/completions`), which applies the chat template.
-"""
 
 
 class ExportError(Exception):
@@ -133,7 +97,7 @@ def export_hf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str = "
     fast.save_pretrained(out)
     name_tokenizer_class(out / "tokenizer_config.json")
     card_settings.setdefault("repo_id", out.name)
-    card = model_card(gpt2.config, tokenizer, **card_settings)
+    card = plain_card(gpt2.config, tokenizer, **card_settings)
     (out / "README.md").write_text(card, encoding="utf-8")
 
 
@@ -233,27 +197,19 @@ def generation_config(config) -> GenerationConfig:
     )
 
 
-def model_card(config: GPT2Config, tokenizer, *, repo_id: str, space_id=None, subfolder=None, endpoint=None) -> str:
-    card_data = ModelCardData(
-        library_name="transformers", pipeline_tag="text-generation", tags=["tinygpt", "gpt2", "chat"]
-    )
-    space_url = f"{(endpoint or 'https://huggingface.co').rstrip('/')}/spaces/{space_id}" if space_id else None
-    card = ModelCard.from_template(
-        card_data,
-        template_str=MODEL_CARD_TEMPLATE,
-        repo_id=repo_id,
+def plain_card(config: GPT2Config, tokenizer, *, repo_id: str, space_id=None, subfolder=None, endpoint=None) -> str:
+    """The export's card (tinygpt.model_card): how to load it with transformers alone, and with vLLM."""
+    card = model_card(
+        config,
+        title=repo_id,
+        where=repo_id,
+        tokenizer="character-level" if isinstance(tokenizer, TinyGPTCharTokenizer) else "GPT-2 BPE",
+        plain=True,
         space_id=space_id,
-        space_url=space_url,
+        space_url=space_url(space_id, endpoint or "https://huggingface.co") if space_id else None,
         subfolder=subfolder,
-        subfolder_arg=f', subfolder="{subfolder}"' if subfolder else "",
-        local_name=repo_id.split("/")[-1],
-        tokenizer_kind="character-level" if isinstance(tokenizer, TinyGPTCharTokenizer) else "GPT-2 BPE",
-        **{field: getattr(config, field) for field in ("n_layer", "n_head", "n_embd", "n_positions")},
     )
     return str(card)
-
-
-# -- gguf: llama.cpp's gpt2 ------------------------------------------------------------------------------------
 
 
 def export_gguf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str = "f16") -> None:

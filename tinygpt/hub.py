@@ -35,8 +35,6 @@ from pathlib import Path
 from huggingface_hub import (
     CommitOperationAdd,
     HfApi,
-    ModelCard,
-    ModelCardData,
     constants,
     get_token,
     snapshot_download,
@@ -56,6 +54,7 @@ from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 from .configuration_tinygpt import TinyGPTConfig
 from .export import ExportError, export_to_temp, load_for_export
 from .loading import ModelLoadError, check_weights, load_config
+from .model_card import model_card
 from .space import push_space, space_url
 
 # The files of a saved model folder (flat, no subfolders). The code files come on top, from the package.
@@ -76,35 +75,6 @@ MODEL_FILES = [
 PACKAGE_DIR = Path(__file__).resolve().parent
 PLAIN_FOLDER = "gpt2"  # push --space: the model as plain GPT-2, which the Space runs
 CODE_MODULES = ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt")
-
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ repo_id }}
-
-A TinyGPT model: a GPT-2-shaped decoder ({{ n_layer }} layers, {{ n_head }} heads,
-{{ n_embd }}-wide, a {{ n_positions }}-token context, {{ vocab_size }} vocabulary rows) with a
-{{ tokenizer_class }} tokenizer and a chat template (`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).
-
-## Use
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}", trust_remote_code=True)
-```
-
-With tinygpt installed, no remote code runs: `import tinygpt` first and drop `trust_remote_code`, or chat
-in a terminal with `tinygpt chat {{ repo_id }}`.
-{% if space_url %}
-## Plain GPT-2 and a demo Space
-
-The `gpt2/` folder holds the same model as a plain `GPT2LMHeadModel` with a fast tokenizer and the chat
-template: it needs neither tinygpt nor remote code (`from_pretrained("{{ repo_id }}", subfolder="gpt2")`, vLLM,
-TGI). Chat with it in the Space [{{ space_id }}]({{ space_url }}).
-{% endif %}"""
 
 
 class HubError(Exception):
@@ -323,16 +293,15 @@ def _read_json(path: Path) -> dict:
 def _model_card(
     repo_id: str, model_dir: Path, config: TinyGPTConfig, space_id: str | None = None, endpoint: str = ""
 ) -> bytes:
+    """The card of a folder pushed without one (tinygpt.model_card): its shape and how to load it."""
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
-    card_data = ModelCardData(library_name="transformers", pipeline_tag="text-generation", tags=["tinygpt", "gpt2"])
-    card = ModelCard.from_template(
-        card_data,
-        template_str=MODEL_CARD_TEMPLATE,
-        repo_id=repo_id,
-        tokenizer_class=tokenizer_config.get("tokenizer_class", "saved"),
+    card = model_card(
+        config,
+        title=repo_id,
+        where=repo_id,
+        tokenizer=tokenizer_config.get("tokenizer_class", "saved"),
         space_id=space_id,
         space_url=space_url(space_id, endpoint) if space_id else None,
-        **{field: getattr(config, field) for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
     )
     return str(card).encode()
 

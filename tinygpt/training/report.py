@@ -2,8 +2,7 @@
 leaves beside its model: loss.png, metrics.json and the model card (README.md).
 
 All three are built from the Trainer's `log_history` and one `RunSummary`, so they always agree. The model
-card goes through huggingface_hub's `ModelCard` (YAML front matter the Hub reads: library_name, pipeline_tag,
-tags, base_model); the plot through a bare matplotlib Figure, which renders straight to the file (no pyplot, no
+card is tinygpt.model_card's, the one every model folder gets; the plot goes through a bare matplotlib Figure, which renders straight to the file (no pyplot, no
 display, and matplotlib is only imported when the plot is drawn: it costs a second of start-up otherwise).
 """
 
@@ -16,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 
 from ..engine import Engine, Request, settings_from
+from ..model_card import model_card as card_for
 from ..synthetic_chat import exact_match
 from .args import RunArguments
 from .corpus import TrainingData
@@ -91,91 +90,10 @@ def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, format="png")
 
 
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-A {{ s.n_layer }}-layer GPT ({{ params }} parameters) trained by tinygpt's `train.py --preset {{ s.preset }}`
-on the Hugging Face Trainer.
-
-## Model
-
-| | |
-|---|---|
-| layers x heads x width | {{ s.n_layer }} x {{ s.n_head }} x {{ s.n_embd }} |
-| context window | {{ s.n_positions }} tokens |
-| vocabulary | {{ s.vocab_size }} rows ({{ s.tokenizer }} tokenizer) |
-| parameters | {{ "{:,}".format(s.parameters) }} ({{ "{:,}".format(s.parameters_without_positions) }} without position embeddings) |
-{%- if s.init_from %}
-| fine-tuned from | {{ s.init_from }} |
-{%- endif %}
-
-## Training
-
-- data: {{ s.data }}
-- {{ "{:,}".format(s.global_step) }} steps, {{ "{:,}".format(s.tokens_seen) }} tokens, on {{ s.device }} in {{ s.precision }}
-- {{ "%.1f" | format(s.train_seconds) }} s of training ({{ "%.0f" | format(s.tokens_per_second) }} tokens/s), {{ "%.1f" | format(s.wall_seconds) }} s wall in all
-
-![loss](loss.png)
-
-## Results
-
-| metric | value |
-|---|---|
-{%- if s.val_loss is not none %}
-| validation loss | {{ "%.4f" | format(s.val_loss) }} |
-{%- endif %}
-{%- if s.val_perplexity is not none %}
-| validation perplexity | {{ "%.3f" | format(s.val_perplexity) }} |
-{%- endif %}
-{%- if s.exact_match is not none %}
-| held-out exact match ({{ s.heldout_questions }} questions) | {{ "%.1f" | format(100 * s.exact_match) }}% |
-{%- endif %}
-
-A sample with the saved generation settings ({{ "greedy" if s.chat else "temperature 0.8, top-k 200" }}):
-
-```
-{{ s.sample }}
-```
-
-## Use
-
-```python
-import tinygpt  # registers the tinygpt classes; without it pass trust_remote_code=True below
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-model = AutoModelForCausalLM.from_pretrained("{{ path }}")
-tokenizer = AutoTokenizer.from_pretrained("{{ path }}")
-generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
-{%- if s.chat %}
-print(generator([{"role": "user", "content": "hello"}], max_new_tokens=64)[0]["generated_text"][-1]["content"])
-{%- else %}
-print(generator({{ prompt }}, max_new_tokens=200)[0]["generated_text"])
-{%- endif %}
-```
-"""
-
-
-def model_card(summary: RunSummary, path_hint: str) -> ModelCard:
-    """The README.md of a saved model: Hub metadata up top, then shape, data, metrics, a sample and usage."""
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["tinygpt", "text-generation", f"preset-{summary.preset}"],
-        # The Hub's base_model names a repo; a local folder is only mentioned in the text.
-        base_model=summary.init_from if summary.init_from and not Path(summary.init_from).exists() else None,
-        model_name=f"tinygpt-{summary.preset}",
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_str=CARD_TEMPLATE,
-        title=f"tinygpt-{summary.preset}",
-        params=f"{summary.parameters / 1e6:.2f}M",
-        s=summary,
-        path=path_hint,
-        prompt=json.dumps(summary.sample[:12]),  # the sample's opening as a Python string literal
+def model_card(summary: RunSummary, config, path_hint: str):
+    """The README.md of a saved model (tinygpt.model_card): shape, data, metrics, the loss curve, a sample, usage."""
+    return card_for(
+        config, title=f"tinygpt-{summary.preset}", where=path_hint, tokenizer=summary.tokenizer, run=summary
     )
 
 

@@ -216,7 +216,7 @@ def save_final_model(output_dir: Path, model, tokenizer, summary: RunSummary, lo
         tokenizer.save_pretrained(staging)
         plot_losses(log_history, staging / "loss.png", title=f"tinygpt-{summary.preset}: {summary.data}")
         write_metrics(summary, staging / "metrics.json")
-        model_card(summary, str(output_dir)).save(staging / "README.md")
+        model_card(summary, model.config, str(output_dir)).save(staging / "README.md")
         for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
             os.replace(path, output_dir / path.name)
     finally:

@@ -1,0 +1,161 @@
+"""The one model card (README.md) every tinygpt model folder or repo gets, through huggingface_hub's `ModelCard`.
+
+Three places write one: a training run (its figures, loss curve and sample), a push of a folder that has no card
+(its shape and how to load it), and an export to plain GPT-2 (how to load it without tinygpt, with vLLM too). They
+share this template, so the shape table, the usage and the Space link read the same everywhere; each section
+appears only when its facts are known. The YAML front matter (library_name, pipeline_tag, tags, base_model) is
+what the Hub reads.
+"""
+
+import json
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{% if plain -%}
+A plain GPT-2 exported from a tinygpt model, with a {{ tokenizer }} tokenizer and the chat template
+(`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`). It needs neither tinygpt nor remote code.
+{%- elif run -%}
+A {{ shape.n_layer }}-layer GPT trained by tinygpt's `train.py --preset {{ run.preset }}` on the Hugging Face
+Trainer, with a {{ tokenizer }} tokenizer and a chat template (`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).
+{%- else -%}
+A TinyGPT model: a GPT-2-shaped decoder with a {{ tokenizer }} tokenizer and a chat template
+(`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).
+{%- endif %}
+{% if space_url %}
+Chat with it in the Space [{{ space_id }}]({{ space_url }}).
+{% endif %}
+## Model
+
+| | |
+|---|---|
+| layers x heads x width | {{ shape.n_layer }} x {{ shape.n_head }} x {{ shape.n_embd }} |
+| context window | {{ shape.n_positions }} tokens |
+| vocabulary | {{ shape.vocab_size }} rows |
+{%- if run %}
+| parameters | {{ "{:,}".format(run.parameters) }} ({{ "{:,}".format(run.parameters_without_positions) }} without position embeddings) |
+{%- if run.init_from %}
+| fine-tuned from | {{ run.init_from }} |
+{%- endif %}
+{%- endif %}
+{% if run %}
+## Training
+
+- data: {{ run.data }}
+- {{ "{:,}".format(run.global_step) }} steps, {{ "{:,}".format(run.tokens_seen) }} tokens, on {{ run.device }} in {{ run.precision }}
+- {{ "%.1f" | format(run.train_seconds) }} s of training ({{ "%.0f" | format(run.tokens_per_second) }} tokens/s), {{ "%.1f" | format(run.wall_seconds) }} s wall in all
+
+![loss](loss.png)
+
+## Results
+
+| metric | value |
+|---|---|
+{%- if run.val_loss is not none %}
+| validation loss | {{ "%.4f" | format(run.val_loss) }} |
+{%- endif %}
+{%- if run.val_perplexity is not none %}
+| validation perplexity | {{ "%.3f" | format(run.val_perplexity) }} |
+{%- endif %}
+{%- if run.exact_match is not none %}
+| held-out exact match ({{ run.heldout_questions }} questions) | {{ "%.1f" | format(100 * run.exact_match) }}% |
+{%- endif %}
+
+A sample with the saved generation settings ({{ "greedy" if run.chat else "temperature 0.8, top-k 200" }}):
+
+```
+{{ run.sample }}
+```
+{% endif %}
+## Use
+{% if plain %}
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{{ where }}"{{ subfolder_arg }})
+tokenizer = AutoTokenizer.from_pretrained("{{ where }}"{{ subfolder_arg }})
+messages = [{"role": "user", "content": "hi"}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+room = model.config.n_positions - inputs["input_ids"].shape[1]  # GPT-2's positions end at n_positions
+reply = model.generate(**inputs, max_new_tokens=room)[0, inputs["input_ids"].shape[1]:]
+print(tokenizer.decode(reply, skip_special_tokens=True))
+```
+
+With vLLM:
+
+```bash
+{% if subfolder %}hf download {{ where }} --include "{{ subfolder }}/*" --local-dir {{ local_name }}
+vllm serve {{ local_name }}/{{ subfolder }} --max-model-len {{ shape.n_positions }}
+{% else %}vllm serve {{ where }} --max-model-len {{ shape.n_positions }}
+{% endif %}```
+
+and chat through its OpenAI-compatible API (`/v1/chat/completions`), which applies the chat template.
+{% else %}
+```python
+import tinygpt  # registers the tinygpt classes; without it pass trust_remote_code=True below
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+model = AutoModelForCausalLM.from_pretrained("{{ where }}")
+tokenizer = AutoTokenizer.from_pretrained("{{ where }}")
+generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+{%- if not run or run.chat %}
+print(generator([{"role": "user", "content": "hello"}], max_new_tokens=64)[0]["generated_text"][-1]["content"])
+{%- else %}
+print(generator({{ prompt }}, max_new_tokens=200)[0]["generated_text"])
+{%- endif %}
+```
+
+Without tinygpt installed: `AutoModelForCausalLM.from_pretrained("{{ where }}", trust_remote_code=True)` (and the
+same for `AutoTokenizer`) runs the model files saved beside the weights. With tinygpt: `tinygpt chat {{ where }}`.
+{% endif %}"""
+
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+
+
+def model_card(
+    config,
+    *,
+    title: str,
+    where: str,
+    tokenizer: str,
+    run=None,
+    plain: bool = False,
+    space_id: str | None = None,
+    space_url: str | None = None,
+    subfolder: str | None = None,
+) -> ModelCard:
+    """The card of a model with `config` (a TinyGPTConfig, or a GPT2Config for a plain export) found at `where`
+    (a repo id or a folder). `run`: a finished training run's RunSummary; `plain`: the plain GPT-2 export's card."""
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["tinygpt", "gpt2", "text-generation", *([f"preset-{run.preset}"] if run else [])],
+        # The Hub's base_model names a repo; a local folder is only mentioned in the text.
+        base_model=run.init_from if run and run.init_from and not Path(run.init_from).exists() else None,
+        model_name=title,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        title=title,
+        where=where,
+        tokenizer=tokenizer,
+        shape={field: getattr(config, field) for field in SHAPE_FIELDS},
+        run=run,
+        plain=plain,
+        prompt=json.dumps(run.sample[:12]) if run else None,  # the sample's opening as a Python string literal
+        space_id=space_id,
+        space_url=space_url,
+        subfolder=subfolder,
+        subfolder_arg=f', subfolder="{subfolder}"' if subfolder else "",
+        local_name=where.split("/")[-1],
+    )
+
+
+__all__ = ["model_card"]

@@ -459,11 +459,9 @@ def test_resume_from_a_checkpoint_at_max_steps_trains_nothing(workdir, capsys):
     assert final.keys() == checkpoint.keys() and all(torch.equal(final[k], checkpoint[k]) for k in final)
 
 
-@pytest.fixture(scope="module")
-def checkpointed_run(workdir, corpus):
-    """A finished 4-step text run with checkpoint-2 and checkpoint-4, and its argv."""
-    output = workdir / "checkpointed"
-    argv = [
+def four_step_run(corpus, output) -> list[str]:
+    """train.py's argv for a 4-step tiny text run (checkpoints at steps 2 and 4) into `output`."""
+    return [
         *TINY,
         "--max_steps",
         "4",
@@ -474,6 +472,13 @@ def checkpointed_run(workdir, corpus):
         "--disable_tqdm",
         "true",
     ]
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(workdir, corpus):
+    """A finished 4-step text run with checkpoint-2 and checkpoint-4, and its argv."""
+    output = workdir / "checkpointed"
+    argv = four_step_run(corpus, output)
     assert main(argv) == 0
     return output, argv
 
@@ -611,17 +616,7 @@ def test_a_full_disk_during_the_final_save_keeps_everything_and_resuming_saves_i
     from safetensors import SafetensorError
 
     output = workdir / "final-disk-full"
-    argv = [
-        *TINY,
-        "--max_steps",
-        "4",
-        "--text_file",
-        str(corpus),
-        "--output_dir",
-        str(output),
-        "--disable_tqdm",
-        "true",
-    ]
+    argv = four_step_run(corpus, output)
     original_save_file = transformers.modeling_utils.safe_save_file
     checkpoints = {}
 

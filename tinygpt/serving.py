@@ -11,7 +11,7 @@ Design notes
 - Decoding: a request becomes a `tinygpt.engine.Request` for the model's `ChatModel`, whose Scheduler batches it
   with every other reply in flight (API and browser alike). Chat messages are rendered by the model's chat
   template (`chat.build_prompt`); settings the request leaves out come from the model's generation_config.
-  `top_k` is accepted as an extra field, as vLLM does. A prompt that does not fit the window is an error (the
+  `top_k` and `min_tokens` are accepted as extra fields, as vLLM does. A prompt that does not fit the window is an error (the
   engine would silently drop its start); a reply may run past the window, which then slides.
 - Stop strings are matched on the text: text that may be the start of a stop string is held back until it is
   not, so no part of a stop string is ever sent. A client that goes away (a dropped stream) cancels its request:
@@ -61,7 +61,8 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # not OpenAI's; vLLM's extra field
+    top_k: int | None = Field(None, ge=0)  # not OpenAI's: vLLM's extra fields
+    min_tokens: int | None = Field(None, ge=0)
     n: int = 1
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -245,7 +246,13 @@ async def respond(model: ChatModel, body: Sampling, prompt_ids: list[int], chat:
             code="context_length_exceeded",
         )
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-    settings = dict(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
+    settings = dict(
+        max_new_tokens=max_tokens,
+        min_new_tokens=body.min_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+    )
     settings = {name: value for name, value in settings.items() if value is not None}
     request = model.request(prompt_ids, seed=body.seed, **settings)
     generation = Generation(prompt_tokens=len(prompt_ids))

@@ -1,4 +1,5 @@
-"""Chat with a TinyGPT model in the browser: `python app.py [--model DIR_OR_REPO] [--port 7860]`.
+"""Chat with a TinyGPT model in the browser: `python app.py [--model DIR_OR_REPO] [--port 7860]`; the same server
+answers OpenAI-compatible API requests under /v1.
 
 Thin on purpose: parse the flags, then tinygpt.webui builds and serves the page.
 """
@@ -6,7 +7,7 @@ Thin on purpose: parse the flags, then tinygpt.webui builds and serves the page.
 import argparse
 import sys
 
-from tinygpt.cli import add_decoding_arguments, check_decoding_arguments
+from tinygpt.cli import add_decoding_arguments, add_server_arguments, check_decoding_arguments
 from tinygpt.hub import HubError
 from tinygpt.loading import ModelLoadError
 from tinygpt.webui import launch
@@ -20,8 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models_dir", default="runs", help="folder whose subfolders are offered as models (default: runs)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
     parser.add_argument(
         "--allow_server_token",
@@ -29,14 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         help="let a blank token box in the page use this server's HF_TOKEN / `hf auth login` token (default: never; "
         "with it, every visitor can push and read private repos as you)",
     )
-    parser.add_argument(
-        "--allowed_host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also accept requests whose Host header is NAME (repeatable; default: the --host address, localhost, "
-        "127.0.0.1 and, with --host 0.0.0.0, this machine's name); other Host headers get a 400",
-    )
+    add_server_arguments(parser, default_port=7860)
     add_decoding_arguments(parser)
     args = parser.parse_args(argv)
     check_decoding_arguments(parser, args)
@@ -51,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             int8_weights=args.int8,
             allow_server_token=args.allow_server_token,
             allowed_hosts=args.allowed_host,
+            max_batch=args.max_batch,
+            api_key=args.api_key,
         )
     except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
         print(f"app.py: error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
+import openai
 import pytest
 from gradio_client import Client
 
@@ -71,6 +72,17 @@ def test_sampling_controls_reach_the_model(app):
     )
     assert short == "hel"  # one character a token
     assert top1 == "goodbye!"  # top-1 sampling is greedy, whatever the temperature
+
+
+def test_the_same_server_answers_the_openai_api_on_the_shared_engine(app):
+    client = openai.OpenAI(base_url=f"{app.url}v1", api_key="unused", max_retries=0, timeout=60)
+    (model,) = client.models.list()
+    browser_like = Client(app.url, verbose=False).submit(message="how are you?", **GREEDY, api_name="/chat")
+    reply = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "hi"}], temperature=0)
+    assert reply.choices[0].message.content == "hello!"
+    assert browser_like.result() == "i am fine, thanks."
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
 
 
 def test_model_folder_without_weights_is_one_line_error_without_traceback(app):

@@ -100,16 +100,26 @@ def test_stop_event_ends_generation_early(chat_model):
     assert len(reply) <= 1
 
 
-def test_a_closed_stream_ends_its_run_and_returns_the_engine(chat_model):
-    with chat_model.engine() as only:  # replies one after another share one engine
-        pass
-    # A question the model never saw, at high temperature, so it rambles up to max_new_tokens.
-    stream = chat_model.stream_reply([{"role": "user", "content": "zzz"}], temperature=2.0, max_new_tokens=5000)
+def test_a_closed_stream_cancels_its_request_and_frees_its_slot(chat_model):
+    assert chat_model.engine.max_batch == 1  # one slot: the next reply needs this one's
+    # A reply that would go on for 5000 tokens (no <EOS> before then).
+    stream = chat_model.stream_reply(
+        [{"role": "user", "content": "zzz"}], temperature=2.0, max_new_tokens=5000, min_new_tokens=5000
+    )
     next(stream)
     stream.close()  # what Gradio does when the user presses stop or leaves
-    with chat_model.engine() as engine:
-        assert engine is only  # back in the pool, not lost
-        assert len(list(engine.stream([0], max_new_tokens=3))) == 3  # and its run is over (one run at a time)
+    replies = []
+    waiter = threading.Thread(
+        target=lambda: replies.append(list(chat_model.stream_reply([{"role": "user", "content": "hi"}]))[-1]),
+        daemon=True,
+    )
+    waiter.start()
+    waiter.join(timeout=10)
+    assert replies == ["hello!"]  # at once, and greedy: the model's generation_config is greedy
+
+
+def test_replies_start_from_the_models_generation_config(chat_model):
+    assert chat_model.defaults["temperature"] == 0 and chat_model.defaults["max_new_tokens"] == 256
 
 
 def test_eval_loss_is_read_from_the_training_metrics():

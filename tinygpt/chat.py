@@ -6,23 +6,25 @@ Design notes
 - The context window is finite: `build_prompt` drops the oldest turns until the prompt leaves room for the
   reply, and cuts a single over-long message from the left (its end is what the reply answers). It never
   raises on a long history.
-- `ChatModel` is a model and its tokenizer with the decoding options (`tinygpt.engine.Engine`'s device, compile
-  and int8 choices), held by the object. Each reply borrows an engine from the object's pool: concurrent
-  chats each get their own, made on first need with the same options.
-- Decoding runs in the caller's thread, one token per iteration, so streaming needs no thread or streamer, and
-  closing the generator (Gradio's stop, a client going away) stops the work at once.
+- `ChatModel` is a model and its tokenizer with the decoding options (`tinygpt.engine.Engine`'s device, compile,
+  int8 and batch choices), held by the object, and one engine with a `Scheduler` in front: every concurrent
+  reply (browser chats, API requests) joins the same batch, so eight chats cost about one decode step a token,
+  not eight.
+- Its defaults (temperature, top-k, top-p, reply length) are the model's generation_config: a model trained to
+  answer greedily is asked greedily unless told otherwise.
+- Closing a reply's generator (Gradio's stop, a client going away) cancels its request: its slot is free before
+  the next step.
 - Text is decoded token by token (`text_pieces`). `stream_reply` yields the whole reply so far, which is what
   Gradio's ChatInterface expects from a streaming function.
 """
 
 import bisect
-import queue
 import threading
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 
-from .engine import Engine, resolve_placement
+from .engine import Engine, Request, Scheduler, settings_from
 
 
 def message_text(content) -> str:
@@ -78,100 +80,97 @@ def build_prompt(
     return ids[-max_prompt_tokens:]  # only bites when the bare template is longer than the budget
 
 
-def text_pieces(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
-    """The text of a stream of token ids, piece by piece; a character whose bytes span several byte-level BPE tokens
+class IncrementalDecoder:
+    """Token ids in, text out, one token at a time: a character whose bytes span several byte-level BPE tokens
     decodes to U+FFFD until its last byte arrives, so only that is held back."""
-    undecoded: list[int] = []
-    for token_id in token_ids:
-        undecoded.append(token_id)
-        piece = tokenizer.decode(undecoded, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.undecoded = tokenizer, []
+
+    def push(self, token_id: int) -> str:
+        """The text this token completes ("" while a character is unfinished, or for a special token)."""
+        self.undecoded.append(token_id)
+        piece = self.tokenizer.decode(self.undecoded, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         if piece.endswith("\ufffd"):
-            continue
-        undecoded = []
-        if piece:
+            return ""
+        self.undecoded = []
+        return piece
+
+
+def text_pieces(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
+    """The text of a stream of token ids, piece by piece (see IncrementalDecoder)."""
+    decoder = IncrementalDecoder(tokenizer)
+    for token_id in token_ids:
+        if piece := decoder.push(token_id):
             yield piece
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
     """How replies are decoded (see tinygpt.engine.Engine): `device="auto"` is a CUDA GPU in bf16 when there is
-    one; `compile` None compiles on CUDA only; `int8_weights` decodes on the CPU with int8 weights (compiled)."""
+    one; `compile` None compiles on CUDA only; `int8_weights` decodes on the CPU with int8 weights (compiled);
+    `max_batch` replies decode together (more wait for a free slot)."""
 
     compile: bool | None = None
     int8_weights: bool = False
     device: str | None = "auto"
+    max_batch: int = 1
 
 
 class ChatModel:
-    """A model and its tokenizer, ready to chat: engines with the same options, one per concurrent reply."""
+    """A model and its tokenizer, ready to chat: one engine, whose batch every concurrent reply joins."""
 
     def __init__(self, model, tokenizer, options: DecodingOptions = DecodingOptions()):
         self.tokenizer, self.options = tokenizer, options
-        device, dtype = resolve_placement(model, options.device, None, options.int8_weights)
-        self.model = model.to(device=device, dtype=dtype)  # where every engine decodes (int8: each its own copy)
-        self._idle: queue.SimpleQueue[Engine] = queue.SimpleQueue()
-
-    @contextmanager
-    def engine(self) -> Iterator[Engine]:
-        """An idle engine (made when none is: compiling, if the options compile), back to the pool when done."""
-        try:
-            engine = self._idle.get_nowait()
-        except queue.Empty:
-            engine = Engine(self.model, compile=self.options.compile, int8_weights=self.options.int8_weights)
-        try:
-            yield engine
-        finally:
-            self._idle.put(engine)
+        self.engine = Engine(
+            model,
+            max_batch=options.max_batch,
+            device=options.device,
+            compile=options.compile,
+            int8_weights=options.int8_weights,
+        )
+        self.model = model  # placed by the engine (with int8 weights, the engine decodes its own copy)
+        self.window = model.config.n_positions
+        self.defaults = settings_from(model.generation_config)  # temperature, top_k, top_p, max_new_tokens
+        self.scheduler = Scheduler(self.engine)
 
     def warm_up(self) -> None:
         """Compile now (when the options compile) rather than in the first chat."""
-        with self.engine() as engine:
-            if engine.compiled:
-                print("compiling chat decoding (the first time takes a while; it is cached after)...", flush=True)
-            engine.warm_up()
+        if self.engine.compiled:
+            print("compiling chat decoding (the first time takes a while; it is cached after)...", flush=True)
+        self.engine.warm_up()
+
+    def request(self, prompt_ids: list[int], **settings) -> Request:
+        """A request for `prompt_ids`, ending at <EOS>: `settings` (Request's fields) over the model's defaults."""
+        return Request(prompt_ids, stop_ids=[self.tokenizer.eos_token_id], **(self.defaults | settings))
 
     def stream_reply(
         self,
         messages: list[dict],
         *,
         system_prompt: str | None = None,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        max_new_tokens: int = 256,
         stop_event: threading.Event | None = None,
+        **settings,
     ) -> Iterator[str]:
         """Yield the reply to the last user message, cumulatively ("He", "Hello", "Hello!"), until <EOS> or a stop.
 
-        The prompt keeps at least half the context window; a reply longer than what is left slides the window.
+        `settings` are Request's (temperature, top_k, top_p, max_new_tokens, seed), over the model's defaults. The
+        prompt keeps at least half the context window; a reply longer than what is left slides the window.
         """
-        tokenizer, window = self.tokenizer, self.model.config.n_positions
+        max_new_tokens = settings.get("max_new_tokens", self.defaults["max_new_tokens"])
         prompt_ids = build_prompt(
-            tokenizer,
+            self.tokenizer,
             messages,
             system_prompt=system_prompt,
-            max_prompt_tokens=max(window - max_new_tokens, window // 2),
+            max_prompt_tokens=max(self.window - max_new_tokens, self.window // 2),
         )
         reply = ""
-        with (
-            self.engine() as engine,
-            closing(
-                engine.stream(
-                    prompt_ids,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    stop_ids=[tokenizer.eos_token_id],
-                    stop_event=stop_event,
-                )
-            ) as tokens,
-        ):
-            for piece in text_pieces(tokenizer, tokens):
+        with closing(self.scheduler.stream(self.request(prompt_ids, **settings), stop_event)) as tokens:
+            for piece in text_pieces(self.tokenizer, tokens):
                 reply += piece
                 yield reply
         if not reply:  # the model answered <EOS> straight away: still one (empty) reply
             yield reply
 
 
-__all__ = ["ChatModel", "DecodingOptions", "build_prompt", "message_text", "text_pieces"]
+__all__ = ["ChatModel", "DecodingOptions", "IncrementalDecoder", "build_prompt", "message_text", "text_pieces"]

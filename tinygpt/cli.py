@@ -5,6 +5,7 @@
     tinygpt push DIR owner/name               upload a saved model folder to the Hub
     tinygpt pull owner/name [DIR]             download one (into the HF cache, or into DIR)
     tinygpt export MODEL OUT                  write it as plain GPT-2 (--format hf) or as GGUF (--format gguf)
+    tinygpt serve MODEL [--port 8000]         an OpenAI-compatible API (/v1/chat/completions, ...) on 127.0.0.1
 
 Thin on purpose: each command parses its arguments and calls the package (tinygpt.loading, tinygpt.chat,
 tinygpt.hub). MODEL is a local folder or a Hub repo id, pulled into the cache first. What a user can get wrong
@@ -14,11 +15,13 @@ dataclass configs.
 
 The Hub is HF_ENDPOINT (default huggingface.co). The token comes from HF_TOKEN or `hf auth login`; failing
 those, `push` asks for it with hidden input at a terminal. There is deliberately no --token flag: a command
-line is visible to every user of the machine (`ps`).
+line is visible to every user of the machine (`ps`). `serve --api_key` is the exception the OpenAI convention asks
+for; TINYGPT_API_KEY keeps the key off the command line.
 """
 
 import argparse
 import getpass
+import os
 import sys
 import threading
 import time
@@ -40,11 +43,11 @@ EXIT_WORDS = ("exit", "quit")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("chat", "generate"):
+    if args.command in ("chat", "generate", "serve"):
         check_decoding_arguments(parser, args)
     try:
         return args.run(args)
-    except (HubError, ModelLoadError, ExportError) as error:
+    except (HubError, ModelLoadError, ExportError, OSError) as error:  # OSError: serve's port is taken
         print(f"tinygpt {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -112,7 +115,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="hf", help="hf (default): transformers; gguf: llama.cpp")
     export.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights' type (default f32; gguf: f16)")
     export.set_defaults(run=run_export)
+
+    serve = commands.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API", description=run_serve.__doc__
+    )
+    serve.add_argument(
+        "model", metavar="MODEL", help="model folder or Hub repo id (owner/name); also the API's model id"
+    )
+    add_server_arguments(serve, default_port=8000)
+    add_decoding_arguments(serve)
+    serve.set_defaults(run=run_serve)
     return parser
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """Where and for whom a server listens, and how many replies it batches: `tinygpt serve` and app.py."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=default_port, help=f"port to serve on (default {default_port})")
+    parser.add_argument(
+        "--allowed_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header is NAME (repeatable; default: the --host address, localhost, "
+        "127.0.0.1 and, with --host 0.0.0.0, this machine's name); other Host headers get a 400",
+    )
+    parser.add_argument(
+        "--max_batch",
+        type=positive_int,
+        default=16,
+        help="replies decoded together in one batch (default 16); more wait for a free slot",
+    )
+    parser.add_argument(
+        "--api_key",
+        default=os.environ.get("TINYGPT_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on the /v1 API (default: $TINYGPT_API_KEY, else no key); the "
+        "environment variable keeps it out of `ps`",
+    )
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +257,22 @@ def run_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     rate = len(new_tokens) / max(seconds, 1e-9)
     print(f"{len(new_tokens)} tokens in {seconds:.2f} s ({rate:,.0f} tok/s)", file=sys.stderr)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve a model over an OpenAI-compatible HTTP API until Ctrl-C: GET /v1/models, POST /v1/chat/completions
+    (through the model's chat template) and POST /v1/completions, streamed or not. Every request joins one batch of
+    up to --max_batch replies; settings a request leaves out come from the model's generation_config."""
+    from .serving import create_app, serve  # fastapi and uvicorn come with the app extra (gradio)
+
+    options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
+    chat_model = ChatModel(*load(args.model), options)
+    chat_model.warm_up()
+    app = create_app({args.model: chat_model}, api_key=args.api_key, host=args.host, allowed_hosts=args.allowed_host)
+    key = "with an API key" if args.api_key else "no API key"
+    print(f"serving {args.model} at http://{args.host}:{args.port}/v1 ({key}); Ctrl-C stops", flush=True)
+    serve(app, args.host, args.port)
     return 0
 
 

@@ -8,15 +8,26 @@ what a text needs and puts everything that decides how text is decoded in one ob
 
 - Slots. The engine holds one KV cache with `max_batch` rows (slots). Each request decodes in its own slot at its
   own position; a decode step feeds every slot's newest token at once. Requests join (a prefill of their slot)
-  and leave (the slot is freed) between steps, so many requests share one batch.
+  and leave (the slot is freed) between steps, so many requests share one batch. A request takes the lowest free
+  slot, and a step runs over the smallest batch bucket (1, 2, 4, ... max_batch rows) covering the live slots, so
+  one request alone costs what it did in an engine of one slot.
+- One loop, two drivers (`_decode`): `run()` decodes a list of requests in the caller's thread; a `Scheduler`
+  drives the same loop from its own thread for requests that arrive from many threads at any time (continuous
+  batching: the app and `tinygpt serve` share one batch). Between steps the loop drops cancelled requests, slides
+  full windows and admits new requests, up to one window of prompt tokens a turn, so a burst of long prompts
+  stalls the others by one window's prefill at most.
 - Sampling: temperature (0 = greedy), top-k and top-p per slot, held in device tensors (no host sync, no
   recompile). `min_new_tokens` bans the stop tokens until then, as generate()'s MinNewTokensLength processor.
+  The randomness is a hash of (the request's seed, its token count, the vocabulary rank), not a generator's state:
+  a seeded request draws the same tokens whatever else shares its batch, and a CUDA graph replays it as it is.
+  A request without a seed takes one from torch's generator when it joins (so `torch.manual_seed` still repeats
+  a run).
 - Stops: a request ends at one of its stop tokens (not returned), at max_new_tokens, or when cancelled.
 - The window: learned positions end at n_positions. A slot that fills it re-encodes its last 3/4 window
   (positions from 0 again) and goes on, as nanoGPT crops its context. This is the only sliding rule in tinygpt.
 - Placement and speed: `device="auto"` puts the model on a CUDA GPU in bf16 when there is one. On CUDA each step
   is compiled and captured as a CUDA graph (one launch per token instead of a hundred kernel launches), and the
-  host queues the next step before reading the current token. On a CPU compiling is optional (`compile=True`);
+  host queues the next step before reading the current token. There is one graph per batch bucket and step kind. On a CPU compiling is optional (`compile=True`);
   inductor then turns each one-row matrix product into a fused multiply-and-sum. `int8_weights=True` (CPU only)
   decodes with an int8-weight copy of the model (tinygpt.quantization), small enough to stay in the CPU's cache.
 - The model is TinyGPT's own `forward`: the engine passes a cache of its own (`SlotCache`) through the same
@@ -24,9 +35,13 @@ what a text needs and puts everything that decides how text is decoded in one ob
   so its greedy tokens are those of `generate()` inside the window (tests check it).
 """
 
+import asyncio
+import functools
+import heapq
+import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 
@@ -47,6 +62,7 @@ class Request:
     top_k: int | None = None  # None / 0: no top-k filter
     top_p: float | None = None  # None / 1: no nucleus filter
     stop_ids: Sequence[int] = ()
+    seed: int | None = None  # the sampling noise's seed (None: one from torch's generator)
 
     def __post_init__(self):
         if len(self.prompt_ids) == 0:
@@ -63,10 +79,35 @@ def sliding_context_length(sequence_length: int, window: int) -> int:
     return sequence_length if sequence_length < window else max(1, window * 3 // 4)
 
 
-def sample_next_token(logits, temperature, top_k, top_p):
+def _int64(constant: int) -> int:
+    """A 64-bit constant as the signed value an int64 tensor holds (its arithmetic wraps around)."""
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """A logical right shift of int64 values (torch's >> keeps the sign)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def sampling_noise(seeds: torch.Tensor, counters: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, 1) int64 seeds and counters -> (B, V) draws of Exp(1), a function of (seed, counter, rank) alone.
+
+    MurmurHash3's 64-bit finalizer mixes the three into 24 uniform bits per entry; the uniform lies strictly
+    inside (0, 1), so every draw is finite and positive."""
+    rank = torch.arange(vocab_size, device=seeds.device)  # (V,)
+    x = seeds * _int64(0x9E3779B97F4A7C15) + counters * _int64(0xC2B2AE3D27D4EB4F) + rank  # (B, V)
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        x = (x ^ _shift_right(x, 33)) * _int64(multiplier)
+    x = x ^ _shift_right(x, 33)
+    uniform = (_shift_right(x, 40).float() + 0.5) / (1 << 24)
+    return -uniform.log()
+
+
+def sample_next_token(logits, temperature, top_k, top_p, seeds, counters):
     """(B, V) float logits -> (B, 1) token ids, with every knob a (B, 1) tensor (no host syncs, no recompiles).
 
-    temperature <= 0 means greedy; top_k >= V and top_p >= 1 switch those filters off.
+    temperature <= 0 means greedy; top_k >= V and top_p >= 1 switch those filters off. `seeds` and `counters`
+    ((B, 1) int64) pick the noise: the same pair draws the same way.
     """
     greedy = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     sorted_logits, sorted_ids = logits.sort(dim=-1, descending=True)  # (B, V)
@@ -75,7 +116,7 @@ def sample_next_token(logits, temperature, top_k, top_p):
     mass_above = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
     keep = (rank < top_k) & (mass_above < top_p)  # the top token always survives
     # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's host sync.
-    noise = torch.empty_like(probs).exponential_()
+    noise = sampling_noise(seeds, counters, logits.shape[-1])
     sampled = sorted_ids.gather(-1, (probs * keep / noise).argmax(dim=-1, keepdim=True))
     return torch.where(temperature <= 0, greedy, sampled)
 
@@ -84,7 +125,8 @@ class SlotCache:
     """A KV cache with one row (slot) per request: (slots, n_head, window, head_dim) keys and values per layer.
 
     The model only ever calls `update(k, v, layer_idx)` on a cache, so what it is handed is a view that says how
-    this forward writes: a decode step (`decoding`) or the prefill of one slot (`prefilling`).
+    this forward writes: a decode step over the first `rows` slots (`decoding`) or the prefill of one slot
+    (`prefilling`).
     """
 
     def __init__(self, config, slots: int, window: int, device, dtype):
@@ -100,15 +142,17 @@ class SlotCache:
 
 
 class _DecodeWrites:
-    """A decode step: every slot writes its one new token at its own position, and attends its whole row."""
+    """A decode step: each of the first `rows` slots writes its one new token at its own position, and attends its
+    whole row."""
 
     def __init__(self, cache: SlotCache, positions: torch.Tensor):
-        self.cache, self.positions = cache, positions  # positions (B,)
+        self.cache, self.positions = cache, positions  # positions (rows,)
 
     def update(self, k, v, layer_idx):
-        """k, v (B, nh, 1, hs) -> the layer's whole cache (B, nh, window, hs)."""
-        keys, values = self.cache.keys[layer_idx], self.cache.values[layer_idx]
-        where = self.positions.view(-1, 1, 1, 1).expand_as(k)  # (B, nh, 1, hs)
+        """k, v (rows, nh, 1, hs) -> those slots' cache (rows, nh, window, hs)."""
+        rows = k.shape[0]
+        keys, values = self.cache.keys[layer_idx][:rows], self.cache.values[layer_idx][:rows]
+        where = self.positions.view(-1, 1, 1, 1).expand_as(k)  # (rows, nh, 1, hs)
         keys.scatter_(2, where, k.to(keys.dtype))  # (under autocast k and v may come in another dtype)
         values.scatter_(2, where, v.to(values.dtype))
         return keys, values
@@ -131,17 +175,22 @@ class _PrefillWrites:
         return k, v
 
 
-@dataclass
+@dataclass(eq=False)
 class _Live:
-    """A request in a slot, as the host sees it."""
+    """A request in the loop, as the host sees it."""
 
-    index: int  # the request's place in the run
     request: Request
-    tokens: list[int]  # prompt + what was read so far (the context a slide re-encodes)
+    cancelled: Callable[[], bool]  # true once its caller gave up on it
+    index: int = 0  # its place in a run's list
+    tokens: list[int] = field(default_factory=list)  # prompt + what was read so far (the context a slide re-encodes)
     position: int = 0  # where the slot's newest token (on the device) will be fed
     queued: int = 0  # new tokens computed so far, read or not
     produced: int = 0  # new tokens read
-    finished: bool = field(default=False)
+    finished: bool = False
+    deliver: Callable | None = None  # where a Scheduler sends its tokens
+
+    def __post_init__(self):
+        self.tokens = self.tokens or list(self.request.prompt_ids)
 
 
 def resolve_placement(model, device, dtype, int8_weights: bool):
@@ -154,8 +203,14 @@ def resolve_placement(model, device, dtype, int8_weights: bool):
     return (torch.device(device) if device is not None else model.device), dtype
 
 
+def batch_buckets(max_batch: int) -> list[int]:
+    """The batch sizes a step is made for: powers of two below max_batch, and max_batch."""
+    return [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch] + [max_batch]
+
+
 class Engine:
-    """Decodes requests for one model, up to `max_batch` at once. One run at a time: give each thread its own.
+    """Decodes requests for one model, up to `max_batch` at once. One run at a time: for many threads, put a
+    `Scheduler` in front of it.
 
     `compile`: None compiles on CUDA (each step a CUDA graph) and for int8 weights, not otherwise on a CPU.
     """
@@ -170,6 +225,8 @@ class Engine:
         compile: bool | None = None,
         int8_weights: bool = False,
     ):
+        if max_batch < 1:
+            raise ValueError(f"Engine: max_batch must be 1 or more, got {max_batch}.")
         device, dtype = resolve_placement(model, device, dtype, int8_weights)
         if device != model.device or (dtype is not None and dtype != model.dtype):
             model = model.to(device=device, dtype=dtype)
@@ -204,34 +261,43 @@ class Engine:
         self.temperature = torch.zeros((B, 1), device=device)
         self.top_k = torch.full((B, 1), V, dtype=torch.long, device=device)
         self.top_p = torch.ones((B, 1), device=device)
+        self.seeds = torch.zeros((B, 1), dtype=torch.long, device=device)
         self.slot = torch.zeros((1,), dtype=torch.long, device=device)  # the slot a prefill encodes
         self.last = torch.zeros((1,), dtype=torch.long, device=device)  # its context's last index
 
         # In a compiled CPU step the math attention fuses with everything around it; the flash kernel stays a
         # separate call that costs more than the arithmetic at one query.
         self.math_attention = use_compile and device.type == "cpu"
-        self.steps = {"greedy": self._greedy_step, "sampled": self._sampled_step}
+        self.buckets = batch_buckets(max_batch)
+        kinds = {"greedy": self._greedy_step, "sampled": self._sampled_step}
         self.encode = self._encode_exact  # eager: a prefill is one forward over exactly its tokens
         if use_compile:
-            self.steps = {name: self._compiled(step) for name, step in self.steps.items()}
+            kinds = {kind: self._compiled(step) for kind, step in kinds.items()}
+        # A step for each kind and bucket: step(rows) decodes the first `rows` slots.
+        self.steps = {
+            (kind, rows): functools.partial(step, rows) for kind, step in kinds.items() for rows in self.buckets
+        }
         if use_compile and device.type == "cuda":
             # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over a
             # fixed, right-padded window instead (the padding's keys land past the context, where no step looks).
             self.padded_prompt = torch.zeros((1, self.window), dtype=torch.long, device=device)
-            self.steps = {name: self._captured(step).replay for name, step in self.steps.items()}
+            self.steps = {key: self._captured(step).replay for key, step in self.steps.items()}
             self.encode = self._encode_padded
             self._encode_padded_graph = self._captured(self._compiled(self._encode_padded_prompt)).replay
         if device.type == "cuda":  # pinned host buffers, so a step's tokens come back while the next one runs
             self.host_tokens = [torch.zeros(B, dtype=torch.long, pin_memory=True) for _ in range(3)]
             self.copied = [torch.cuda.Event() for _ in range(3)]
             self.next_buffer = 0
-        self._busy = threading.Lock()
+        self.busy = threading.Lock()  # held by the one loop decoding (a run, or a Scheduler's turn)
 
     # -- device work ------------------------------------------------------------------------------------------
 
     def _compiled(self, step):
+        # Each bucket is its own static graph (dynamic=False: batch 1 keeps its 1-row kernels), and dynamo counts
+        # every engine's buckets against one code object: allow them all.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         if self.device.type != "cpu":
-            return torch.compile(step, fullgraph=True)
+            return torch.compile(step, fullgraph=True, dynamic=False)
         options = {"cpp_wrapper": True}  # the step's kernels called from C++, not a Python wrapper
         if self.int8_weights:
             # inductor's C++ GEMM template for int8 weights: chosen by max_autotune, and only for weights that
@@ -239,7 +305,7 @@ class Engine:
             options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True}
         else:
             options["post_grad_fusion_options"] = {"decompose_mm_pass": {}}  # 1-row matmuls -> multiply-and-sum
-        return torch.compile(step, fullgraph=True, options=options)
+        return torch.compile(step, fullgraph=True, dynamic=False, options=options)
 
     def _logits(self, ids, positions, mask, cache, keep=1):
         """ids (b, T), positions (b, T) -> fp32 logits (b, V) of the position `keep` picks (default the last)."""
@@ -254,23 +320,28 @@ class Engine:
             )
         return out.logits[:, -1, :].float()
 
-    def _decode_logits(self):
-        """Every slot's newest token at its position -> (B, V) logits; each slot attends its own row up to there."""
-        mask = (self.key_positions[None, :] <= self.positions[:, None])[:, None, None, :]  # (B, 1, 1, S)
-        return self._logits(self.tokens, self.positions[:, None], mask, self.cache.decoding(self.positions))
+    def _decode_logits(self, rows: int):
+        """The first `rows` slots' newest tokens at their positions -> (rows, V) logits; each slot attends its own row
+        up to there."""
+        positions = self.positions[:rows]
+        mask = (self.key_positions[None, :] <= positions[:, None])[:, None, None, :]  # (rows, 1, 1, S)
+        return self._logits(self.tokens[:rows], positions[:, None], mask, self.cache.decoding(positions))
 
     def _advance(self, next_tokens):
-        self.tokens.copy_(next_tokens)
-        self.positions.add_(1).clamp_(max=self.window - 1)  # a finished slot idles in place until reused
-        self.generated.add_(1)
+        rows = next_tokens.shape[0]
+        self.tokens[:rows].copy_(next_tokens)
+        self.positions[:rows].add_(1).clamp_(max=self.window - 1)  # a finished slot idles in place until reused
+        self.generated[:rows].add_(1)
 
-    def _greedy_step(self):
-        """One decode step for every slot, in place: the likeliest next token (stop tokens banned until min_new)."""
-        self._advance(self._allowed(self._decode_logits(), slice(None)).argmax(dim=-1, keepdim=True))
+    def _greedy_step(self, rows: int):
+        """One decode step for the first `rows` slots, in place: the likeliest next token (stop tokens banned until
+        min_new)."""
+        slots = slice(0, rows)
+        self._advance(self._allowed(self._decode_logits(rows), slots).argmax(dim=-1, keepdim=True))
 
-    def _sampled_step(self):
+    def _sampled_step(self, rows: int):
         """As _greedy_step, drawing each slot's next token with its sampling knobs."""
-        self._advance(self._pick(self._decode_logits(), slice(None)))
+        self._advance(self._pick(self._decode_logits(rows), slice(0, rows)))
 
     def _allowed(self, logits, slots):
         """Stop tokens banned for the slots that have not reached their min_new_tokens."""
@@ -278,8 +349,9 @@ class Engine:
         return logits.masked_fill(banned, float("-inf"))
 
     def _pick(self, logits, slots):
+        knobs = self.temperature[slots], self.top_k[slots], self.top_p[slots]
         return sample_next_token(
-            self._allowed(logits, slots), self.temperature[slots], self.top_k[slots], self.top_p[slots]
+            self._allowed(logits, slots), *knobs, self.seeds[slots], self.generated[slots][:, None]
         )
 
     def _finish_prefill(self, logits):
@@ -334,26 +406,30 @@ class Engine:
 
     # -- the host loop ----------------------------------------------------------------------------------------
 
-    def _prefill(self, slot: int, live: _Live):
-        """Encode a slot's context (the latest tokens, slid to fit the window) and draw its next token."""
+    def _prefill(self, slot: int, live: _Live) -> int:
+        """Encode a slot's context (the latest tokens, slid to fit the window) and draw its next token; returns the
+        context's length."""
         context = live.tokens[-sliding_context_length(len(live.tokens), self.window) :]
         self.slot.fill_(slot)
         self.last.fill_(len(context) - 1)
         self.generated[slot] = live.queued
         self.encode(context)
         live.position, live.queued = len(context), live.queued + 1
+        return len(context)
 
-    def _admit(self, slot: int, live: _Live):
+    def _admit(self, slot: int, live: _Live) -> int:
         request, V = live.request, self.config.vocab_size
         self.temperature[slot] = request.temperature
         self.top_k[slot] = request.top_k if request.top_k and request.top_k > 0 else V
         self.top_p[slot] = request.top_p if request.top_p is not None and 0 < request.top_p < 1 else 1.0
         self.min_new[slot] = min(request.min_new_tokens, request.max_new_tokens)
+        seed = request.seed if request.seed is not None else int(torch.randint(1 << 62, ()))
+        self.seeds[slot] = seed
         self.is_stop[slot] = False
         stop_ids = [i for i in request.stop_ids if 0 <= i < V]
         if stop_ids:
             self.is_stop[slot, stop_ids] = True
-        self._prefill(slot, live)
+        return self._prefill(slot, live)
 
     def run(
         self, requests: Sequence[Request], cancelled: Callable[[int], bool] | None = None
@@ -362,40 +438,62 @@ class Engine:
 
         A request whose `cancelled(index)` turns true ends before its next token and frees its slot.
         """
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("Engine: it is already decoding; give each thread (or chat) its own engine.")
-        try:
-            with torch.no_grad():
-                yield from self._run(list(requests), cancelled or (lambda index: False))
-        finally:
-            self._busy.release()
-
-    def _run(self, requests: list[Request], cancelled) -> Iterator[tuple[int, int]]:
+        if not self.busy.acquire(blocking=False):
+            raise RuntimeError("Engine: it is already decoding; give each thread its own engine, or use a Scheduler.")
+        cancelled = cancelled or (lambda index: False)
         waiting = deque(
-            _Live(index, request, list(request.prompt_ids))
+            _Live(request, functools.partial(cancelled, index), index)
             for index, request in enumerate(requests)
             if request.max_new_tokens > 0
         )
-        free = list(range(self.max_batch - 1, -1, -1))
+        try:
+            for entry, token in self._decode(lambda idle: waiting.popleft() if waiting else None):
+                if token is not None:
+                    yield entry.index, token
+        finally:
+            self.busy.release()
+
+    @torch.no_grad()
+    def _decode(self, take: Callable[[bool], _Live | None]) -> Iterator[tuple[_Live, int | None]]:
+        """The batch loop: requests that `take` hands over join free slots between steps; every step decodes all live
+        slots. Yields (request, token) as tokens are read and (request, None) when a request ends (done, stopped or
+        cancelled). `take(idle)` returns the next request or None; `idle` says that nothing is decoding, and None
+        then ends the loop. The caller holds `busy`."""
+        free = list(range(self.max_batch))  # a heap: the lowest free slot first, so live slots stay packed low
         live: dict[int, _Live] = {}
         copies: deque[tuple[object, dict[int, _Live]]] = deque()  # tokens on their way to the host, oldest first
-        while waiting or live:
-            # Who needs the host before the next step: new requests, and slots whose window is full.
-            if not copies:
+
+        def leave(slot: int) -> _Live:
+            entry = live.pop(slot)
+            entry.finished = True
+            heapq.heappush(free, slot)
+            return entry
+
+        while True:
+            if not copies:  # nothing in flight: the host may change the batch
+                for slot in [slot for slot, entry in live.items() if entry.cancelled()]:
+                    yield leave(slot), None
                 for slot, entry in live.items():
                     if entry.position == self.last_position and entry.queued < entry.request.max_new_tokens:
                         self._prefill(slot, entry)  # slide: re-encode the latest tokens
                         copies.append((self._copy_out(), {slot: entry}))
-                while waiting and free:
-                    slot, entry = free.pop(), waiting.popleft()
+                budget = self.window  # prompt tokens encoded this turn (at least one request's)
+                while free and budget > 0 and (entry := take(not live)) is not None:
+                    if entry.cancelled() or entry.request.max_new_tokens == 0:
+                        yield entry, None
+                        continue
+                    slot = heapq.heappop(free)
                     live[slot] = entry
-                    self._admit(slot, entry)
+                    budget -= self._admit(slot, entry)
                     copies.append((self._copy_out(), {slot: entry}))
+                if not live:
+                    return
             # Queue the next step before reading: the device computes token n+1 while the host reads token n.
             stepping = {s: e for s, e in live.items() if e.queued < e.request.max_new_tokens}
             if stepping and all(e.position < self.last_position for e in stepping.values()) and len(copies) < 2:
-                greedy = all(e.request.temperature <= 0 for e in live.values())
-                self.steps["greedy" if greedy else "sampled"]()
+                kind = "greedy" if all(e.request.temperature <= 0 for e in live.values()) else "sampled"
+                rows = next(size for size in self.buckets if size > max(stepping))
+                self.steps[kind, rows]()
                 for entry in stepping.values():
                     entry.position += 1
                     entry.queued += 1
@@ -409,16 +507,12 @@ class Engine:
                     continue  # a step queued before it ended
                 token = host_tokens[slot]
                 stopped = token in entry.request.stop_ids and entry.produced >= entry.request.min_new_tokens
-                if stopped or cancelled(entry.index):
-                    entry.finished = True
-                else:
+                if not (stopped or entry.cancelled()):
                     entry.tokens.append(token)
                     entry.produced += 1
-                    entry.finished = entry.produced >= entry.request.max_new_tokens
-                    yield entry.index, token
-                if entry.finished:
-                    del live[slot]
-                    free.append(slot)
+                    yield entry, token
+                if stopped or entry.cancelled() or entry.produced >= entry.request.max_new_tokens:
+                    yield leave(slot), None
 
     # -- what callers use -------------------------------------------------------------------------------------
 
@@ -441,9 +535,104 @@ class Engine:
         return outputs
 
     def warm_up(self) -> None:
-        """Run both step kinds once, so that compiling happens now rather than in the first request."""
+        """Run every step once (each kind at each bucket), so that compiling happens now rather than in a request:
+        a full batch whose highest slots finish first, so the live slots shrink through every bucket."""
         for temperature in (0.0, 1.0):
-            list(self.stream([0], max_new_tokens=2, temperature=temperature))
+            self.generate(
+                [
+                    Request([0], max_new_tokens=self.max_batch - slot + 1, temperature=temperature)
+                    for slot in range(self.max_batch)
+                ]
+            )
+
+
+class Scheduler:
+    """Continuous batching for many threads: one thread of its own drives an Engine's loop, and requests submitted
+    from any thread join the batch between steps and leave it when they end or are cancelled.
+
+    While no request is decoding the thread waits (and the engine is free for its own `run`).
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._submitted: queue.SimpleQueue[_Live | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="tinygpt-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request, deliver: Callable[[int | None | Exception], None]) -> Callable[[], None]:
+        """Queue `request`; `deliver` is called from the scheduler's thread with each token id, then None at the end
+        (or the exception that ended it). Returns `cancel`, which ends the request before its next token."""
+        cancelled = threading.Event()
+        self._submitted.put(_Live(request, cancelled.is_set, deliver=deliver))
+        return cancelled.set
+
+    def stream(self, request: Request, stop_event: threading.Event | None = None) -> Iterator[int]:
+        """The request's token ids as they come, in the caller's thread; closing the stream (or setting
+        `stop_event`) cancels it."""
+        tokens: queue.SimpleQueue = queue.SimpleQueue()
+        cancel = self.submit(request, tokens.put)
+        try:
+            while (token := tokens.get()) is not None and not (stop_event is not None and stop_event.is_set()):
+                if isinstance(token, Exception):
+                    raise token
+                yield token
+        finally:
+            cancel()
+
+    async def astream(self, request: Request) -> AsyncIterator[int]:
+        """As `stream`, for asyncio: the tokens come through the running loop; cancelling the task cancels the
+        request."""
+        loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
+        cancel = self.submit(request, lambda token: loop.call_soon_threadsafe(tokens.put_nowait, token))
+        try:
+            while (token := await tokens.get()) is not None:
+                if isinstance(token, Exception):
+                    raise token
+                yield token
+        finally:
+            cancel()
+
+    def close(self) -> None:
+        """End the scheduler's thread once the requests it holds are done."""
+        self._submitted.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (first := self._submitted.get()) is not None and self._turn(first):
+            pass
+
+    def _turn(self, first: _Live) -> bool:
+        """Decode `first` and whatever joins it until nothing is live; False once close() was asked."""
+        pending, taken, open_ = [first], set(), [True]  # taken: requests in the loop and not yet ended
+
+        def take(idle: bool) -> _Live | None:
+            try:
+                entry = pending.pop() if pending else self._submitted.get_nowait()
+            except queue.Empty:
+                return None
+            if entry is None:  # close(): finish what is live, then stop
+                open_[0] = False
+                return None
+            taken.add(entry)
+            return entry
+
+        with self.engine.busy:
+            try:
+                for entry, token in self.engine._decode(take):
+                    if token is None:
+                        taken.discard(entry)
+                    self._deliver(entry, token)
+            except Exception as error:  # the engine failed: every request it held hears why
+                for entry in taken:
+                    self._deliver(entry, error)
+        return open_[0]
+
+    @staticmethod
+    def _deliver(entry: _Live, token) -> None:
+        try:
+            entry.deliver(token)
+        except RuntimeError:  # the caller's event loop is closed: nobody listens any more
+            pass
 
 
 def settings_from(generation_config) -> dict:
@@ -457,4 +646,14 @@ def settings_from(generation_config) -> dict:
     )
 
 
-__all__ = ["Engine", "Request", "SlotCache", "sample_next_token", "settings_from", "sliding_context_length"]
+__all__ = [
+    "Engine",
+    "Request",
+    "Scheduler",
+    "SlotCache",
+    "batch_buckets",
+    "sample_next_token",
+    "sampling_noise",
+    "settings_from",
+    "sliding_context_length",
+]

@@ -30,7 +30,6 @@ the dropdown takes typed values).
 import functools
 import json
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -38,12 +37,12 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
 from huggingface_hub import constants  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
-from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
 
 from .chat import ChatModel, DecodingOptions  # noqa: E402
+from .engine import settings_from  # noqa: E402
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
+from .serving import host_check, openai_router  # noqa: E402
 from .space import space_url  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
@@ -51,8 +50,6 @@ REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client C
 QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
 METRICS_FILES = ("metrics.json", "all_results.json", "eval_results.json")  # train.py's, then the Trainer's
 LOSS_KEYS = ("val_loss", "eval_loss")
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always accepted in the Host header
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # binding every interface: the machine's own names are accepted too
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -122,6 +119,15 @@ def _chat_model_cached(folder: str, weights_mtime_ns: int, options: DecodingOpti
     return ChatModel(*_load_cached(folder, weights_mtime_ns), options)
 
 
+def chat_controls(folder: str | None) -> tuple[float, int, float, int]:
+    """The chat controls' first values (temperature, top-k, top-p, max new tokens): the model's generation_config,
+    so a model trained to answer greedily opens at temperature 0."""
+    if folder is None:
+        return 0.8, 0, 1.0, 256
+    settings = settings_from(load_model(folder)[0].generation_config)
+    return settings["temperature"], settings["top_k"] or 0, settings["top_p"] or 1.0, settings["max_new_tokens"]
+
+
 def read_eval_loss(folder: str | os.PathLike) -> float | None:
     """The validation loss a training run recorded beside its model, if any."""
     for name in METRICS_FILES:
@@ -168,6 +174,7 @@ def build_app(
     falls back to the server's HF_TOKEN / stored login (off: no token)."""
     options = options or DecodingOptions()
     info, loss_plot = describe_model(model_folder)
+    first_temperature, first_top_k, first_top_p, first_max_new_tokens = chat_controls(model_folder)
     local = local_models(models_dir)
 
     streaming: dict[str, int] = {}  # session -> replies it is streaming now
@@ -205,12 +212,17 @@ def build_app(
                 with gr.Column(scale=1, min_width=240):
                     system_prompt = gr.Textbox("", label="System prompt", lines=2, elem_id="system-prompt")
                     temperature = gr.Slider(
-                        0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
+                        0,
+                        2,
+                        value=first_temperature,
+                        step=0.05,
+                        label="Temperature (0 = greedy)",
+                        elem_id="temperature",
                     )
-                    top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)", elem_id="top-k")
-                    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (1 = off)", elem_id="top-p")
+                    top_k = gr.Slider(0, 200, value=first_top_k, step=1, label="Top-k (0 = off)", elem_id="top-k")
+                    top_p = gr.Slider(0.05, 1, value=first_top_p, step=0.05, label="Top-p (1 = off)", elem_id="top-p")
                     max_new_tokens = gr.Slider(
-                        1, 1024, value=256, step=1, label="Max new tokens", elem_id="max-new-tokens"
+                        1, 1024, value=first_max_new_tokens, step=1, label="Max new tokens", elem_id="max-new-tokens"
                     )
                 with gr.Column(scale=4):
                     gr.ChatInterface(
@@ -279,7 +291,8 @@ def build_app(
             push_button = gr.Button("Push", variant="primary", elem_id="push-button")
             push_status = gr.Markdown(elem_id="push-status")
 
-        shown_model = [current_model, model_status, model_info, loss_image]
+        # A model opened in the Model tab also sets the chat controls to its own generation_config.
+        shown_model = [current_model, model_status, model_info, loss_image, temperature, top_k, top_p, max_new_tokens]
         refresh_button.click(
             lambda: gr.Dropdown(choices=local_models(models_dir)), outputs=local_choice, api_name=False
         )
@@ -339,9 +352,9 @@ def chat(message, history, system_prompt, temperature, top_k, top_p, max_new_tok
 
 
 def load_local(choice: str | None, models_dir: str | os.PathLike = "runs"):
-    """Load button: (session model, status, info, loss plot). Only folders inside `models_dir`."""
+    """Load button: (session model, status, info, loss plot, the 4 chat controls). Only folders inside `models_dir`."""
     if not choice:
-        return gr.skip(), "Choose a model folder first.", gr.skip(), gr.skip()
+        return _unchanged("Choose a model folder first.")
 
     def open_local():
         folder = local_choice_folder(choice, models_dir)
@@ -352,10 +365,11 @@ def load_local(choice: str | None, models_dir: str | os.PathLike = "runs"):
 
 
 def pull_and_load(repo_id: str, revision: str, token: str, allow_server_token: bool = False):
-    """Pull button: (session model, status, info, loss plot, cleared token box). Hub repo ids only."""
+    """Pull button: (session model, status, info, loss plot, the 4 chat controls, cleared token box). Hub repo ids
+    only."""
     repo_id, revision = _text(repo_id), _text(revision) or None
     if not repo_id:
-        return gr.skip(), "Enter a Hub repo id (owner/name) first.", gr.skip(), gr.skip(), ""
+        return *_unchanged("Enter a Hub repo id (owner/name) first."), ""
 
     def pull_and_open():
         folder = str(
@@ -378,13 +392,18 @@ def _visitor_token(token, allow_server_token: bool) -> str | bool | None:
     return _text(token) or (None if allow_server_token else False)
 
 
+def _unchanged(status: str) -> tuple:
+    """The Model tab's outputs when nothing was opened: only the status changes."""
+    return gr.skip(), status, *[gr.skip()] * 6
+
+
 def _show_opened(opener, success: str):
     try:
         folder = opener()
     except (HubError, ModelLoadError) as error:
-        return gr.skip(), f"Error: {error}", gr.skip(), gr.skip()
+        return _unchanged(f"Error: {error}")
     info, loss_plot = describe_model(folder)
-    return folder, success, info, gr.Image(loss_plot, visible=loss_plot is not None)
+    return folder, success, info, gr.Image(loss_plot, visible=loss_plot is not None), *chat_controls(folder)
 
 
 def push(
@@ -432,16 +451,21 @@ def launch(
     int8_weights: bool = False,
     allow_server_token: bool = False,
     allowed_hosts: list[str] | tuple[str, ...] = (),
+    max_batch: int = 16,
+    api_key: str | None = None,
 ) -> None:
-    """Open `model` (a folder or a Hub repo id; default: the first local model that loads), build the page, serve.
+    """Open `model` (a folder or a Hub repo id; default: the first local model that loads), build the page, serve
+    it and, on the same server, the OpenAI-compatible /v1 routes (tinygpt.serving) for that model, under the id
+    `model` (or its folder, as local_models lists it).
 
-    `compile`, `int8_weights`: how chat replies are decoded (tinygpt.chat.DecodingOptions); compiling happens
-    on the opened model before serving.
+    `compile`, `int8_weights`, `max_batch`: how chat replies are decoded (tinygpt.chat.DecodingOptions); compiling
+    happens on the opened model before serving. Browser chats and API requests join one batch of `max_batch`.
+    `api_key`: what the /v1 routes require as `Authorization: Bearer` (default: nothing; the page never needs it).
     `allow_server_token`: let a blank token box use the server's HF_TOKEN / stored login (default: never).
     `allowed_hosts`: Host header names accepted besides `host`, localhost and 127.0.0.1.
     Raises HubError / ModelLoadError when `model` cannot be opened.
     """
-    options = DecodingOptions(compile=compile, int8_weights=int8_weights)
+    options = DecodingOptions(compile=compile, int8_weights=int8_weights, max_batch=max_batch)
     model_folder = open_model(model) if model else None
     for folder in [] if model else local_models(models_dir):
         try:
@@ -449,8 +473,10 @@ def launch(
             break
         except (HubError, ModelLoadError) as error:  # that model only: the app starts and Load shows the error
             print(f"skipping {error}", file=sys.stderr)
+    api_models = {}
     if model_folder is not None:
-        chat_model(model_folder, options).warm_up()
+        api_models[model or model_folder] = chat_model(model_folder, options)  # the browser's ChatModel too
+        api_models[model or model_folder].warm_up()
     demo = build_app(model_folder, models_dir, options, allow_server_token=allow_server_token)
     demo.queue(max_size=QUEUE_SIZE)
     # Gradio serves files (loss.png) from the working directory and the temp dir only, unless told more.
@@ -460,29 +486,17 @@ def launch(
         server_port=port,
         share=share,
         allowed_paths=[str(path) for path in served],
-        app_kwargs={"middleware": [host_check(host, allowed_hosts, share)]},
-    )
-
-
-def host_check(host: str, allowed_hosts=(), share: bool = False) -> Middleware:
-    """Starlette's TrustedHostMiddleware: a request whose Host header names another server gets a 400 (against
-    DNS rebinding, where a foreign page's own name resolves to this server)."""
-    names = {*LOCAL_HOSTS, *allowed_hosts}
-    if host in WILDCARD_HOSTS:
-        names |= {socket.gethostname(), socket.getfqdn()}
-    else:
-        names.add(host)
-    if share:
-        names.add("*.gradio.live")
-    return Middleware(
-        TrustedHostMiddleware, allowed_hosts=sorted(name.lower() for name in names if name), www_redirect=False
+        # FastAPI's own `routes` argument: the /v1 routes come first in Gradio's app, with their own error shape.
+        app_kwargs={
+            "middleware": [host_check(host, allowed_hosts, share)],
+            "routes": openai_router(api_models, api_key).routes,
+        },
     )
 
 
 __all__ = [
     "build_app",
     "describe_model",
-    "host_check",
     "launch",
     "load_model",
     "local_choice_folder",

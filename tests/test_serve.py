@@ -1,0 +1,216 @@
+"""`tinygpt serve` through the official openai SDK: a subprocess on 127.0.0.1 serving the tiny chat model of
+tests/chat_fixtures.py (which answers its few questions exactly when decoding greedily), with an API key."""
+
+import functools
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from tests.chat_fixtures import CONVERSATIONS, REPO, trained_chat_model
+from tinygpt.loading import load_model_and_tokenizer
+
+API_KEY = "sk-test-serve-0123456789"
+MAX_BATCH = 4  # fewer slots than the concurrent tests' streams: the rest wait, and must still be answered
+
+
+@functools.cache
+def running_server() -> tuple[str, str, Path]:
+    """(base URL, model id, log file) of `python -m tinygpt.cli serve` on a free port; stopped at exit."""
+    model = str(trained_chat_model())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = Path(model) / "serve.log"
+    command = [sys.executable, "-m", "tinygpt.cli", "serve", model, "--port", str(port), "--max_batch", str(MAX_BATCH)]
+    env = {**os.environ, "TINYGPT_API_KEY": API_KEY}
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    import atexit
+
+    atexit.register(process.terminate)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tinygpt serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            httpx.get(f"{url}/models", timeout=2)
+            return url, model, log
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise RuntimeError(f"tinygpt serve did not answer within 120 s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server():
+    return running_server()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0], api_key=API_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model_id(server):
+    return server[1]
+
+
+def generate_reply(messages, max_new_tokens=40) -> tuple[str, int, int]:
+    """transformers' generate(), greedy, over the chat template: (reply, prompt tokens, reply tokens)."""
+    model, tokenizer = load_model_and_tokenizer(trained_chat_model())
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    out = model.generate(
+        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id
+    )
+    new = out[0, len(ids) :].tolist()
+    new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+    return tokenizer.decode(new, skip_special_tokens=True), len(ids), len(new)
+
+
+def test_models_list(client, model_id):
+    assert [model.id for model in client.models.list()] == [model_id]
+    assert client.models.retrieve(model_id).owned_by == "tinygpt"
+
+
+@pytest.mark.parametrize("question", ["how are you?", "what is your name?"])
+def test_greedy_chat_completion_equals_generate_plain_and_streamed(client, model_id, question):
+    messages = [{"role": "user", "content": question}]
+    expected, prompt_tokens, reply_tokens = generate_reply(messages)
+    assert expected == dict(CONVERSATIONS)[question]  # the model learned it: a meaningful comparison
+
+    plain = client.chat.completions.create(model=model_id, messages=messages, temperature=0, max_tokens=40)
+    assert plain.choices[0].message.content == expected
+    assert plain.choices[0].finish_reason == "stop"
+    assert (plain.usage.prompt_tokens, plain.usage.completion_tokens) == (prompt_tokens, reply_tokens)
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model_id, messages=messages, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    deltas = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
+    assert "".join(deltas) == expected and len([d for d in deltas if d]) > 3  # streamed piece by piece
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == reply_tokens
+
+
+def test_chat_settings_stop_strings_and_seeds(client, model_id):
+    ask = functools.partial(client.chat.completions.create, model=model_id)
+    how = [{"role": "user", "content": "how are you?"}]
+    short = ask(messages=how, temperature=0, max_tokens=4)
+    assert (short.choices[0].message.content, short.choices[0].finish_reason) == ("i am", "length")
+    stopped = ask(messages=how, temperature=0, stop=["fine", "zz"])
+    assert (stopped.choices[0].message.content, stopped.choices[0].finish_reason) == ("i am ", "stop")
+    streamed = ask(messages=how, temperature=0, stop="am", stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed) == "i "
+    # Sampling: the same seed, the same reply; top_p that small is greedy at any temperature.
+    zzz = [{"role": "user", "content": "zzz"}]  # never trained: a high temperature rambles
+    seeded = [
+        ask(messages=zzz, temperature=2.0, seed=seed, max_tokens=30).choices[0].message.content for seed in (1, 1, 2)
+    ]
+    assert seeded[0] == seeded[1] != seeded[2]
+    nucleus = ask(messages=how, temperature=2.0, top_p=1e-6).choices[0].message.content
+    assert nucleus == "i am fine, thanks."
+    system = ask(messages=[{"role": "system", "content": "be brief."}, *how], temperature=0)
+    assert system.usage.prompt_tokens == generate_reply([{"role": "system", "content": "be brief."}, *how])[1]
+
+
+def test_completions(client, model_id):
+    model, tokenizer = load_model_and_tokenizer(trained_chat_model())
+    prompt = "<BOS><user>:bye<EOS><assistant>:"  # the chat template, written out
+    ids = tokenizer(prompt)["input_ids"]
+    out = model.generate(torch.tensor([ids]), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    expected = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    completion = client.completions.create(model=model_id, prompt=prompt, max_tokens=5, temperature=0)
+    assert completion.choices[0].text == expected == "goodb"
+    assert completion.choices[0].finish_reason == "length"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (len(ids), 5)
+    streamed = client.completions.create(model=model_id, prompt=prompt, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == "goodbye!"
+
+
+@pytest.mark.slow
+def test_32_concurrent_streams_all_finish(client, model_id):
+    questions = [question for question, _ in CONVERSATIONS] * 8
+
+    def ask(question):
+        stream = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": question}], temperature=0, stream=True
+        )
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        replies = list(pool.map(ask, questions))
+    assert replies == [answer for _, answer in CONVERSATIONS] * 8
+
+
+def test_dropped_streams_free_their_slots_at_once(client, model_id):
+    # As many rambling streams as the server has slots, each dropped after its first chunk. Had they kept their
+    # slots, the next request would wait for 4 x 100,000 tokens.
+    for _ in range(MAX_BATCH):
+        stream = client.chat.completions.create(
+            model=model_id,
+            messages=[{"role": "user", "content": "zzz"}],
+            temperature=2.0,
+            max_tokens=100_000,
+            extra_body={"min_tokens": 100_000},  # vLLM's field: no <EOS> before then
+            stream=True,
+        )
+        next(iter(stream))
+        stream.close()
+    started = time.monotonic()
+    reply = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "hi"}], temperature=0, timeout=20
+    )
+    assert reply.choices[0].message.content == "hello!"
+    assert time.monotonic() - started < 10
+
+
+def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(client, model_id, server):
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [
+        (openai.NotFoundError, dict(model="no-such-model", messages=hi), "does not exist here"),
+        (openai.BadRequestError, dict(model=model_id, messages=hi, n=2), "only n=1"),
+        (openai.BadRequestError, dict(model=model_id, messages=hi, max_tokens=-1), "max_tokens"),
+        (
+            openai.BadRequestError,
+            dict(model=model_id, messages=[{"role": "user", "content": "hi " * 40}]),
+            "reads at most 63",
+        ),
+    ]
+    for error_type, request, message in cases:
+        with pytest.raises(error_type, match=message) as caught:
+            client.chat.completions.create(**request)
+        assert set(caught.value.body) >= {"message", "type", "code"}  # OpenAI's error object
+        assert client.chat.completions.create(model=model_id, messages=hi, temperature=0).choices[0].message.content
+    malformed = httpx.post(
+        f"{server[0]}/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="prompt is 81 tokens"):
+        client.completions.create(model=model_id, prompt="hi " * 27)
+
+
+def test_a_missing_or_wrong_key_is_401_and_never_echoed_or_logged(server, model_id):
+    url, _, log = server
+    for key in ("sk-wrong-key-abcdef", ""):
+        anonymous = openai.OpenAI(base_url=url, api_key=key or "none", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            anonymous.models.list()
+        assert key not in str(caught.value.body) or not key
+    bare = httpx.get(f"{url}/models")
+    assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
+    assert API_KEY not in bare.text
+    assert API_KEY not in log.read_text()

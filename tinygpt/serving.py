@@ -1,0 +1,370 @@
+"""An OpenAI-compatible API for TinyGPT models: `tinygpt serve MODEL`, and the same /v1 routes inside app.py.
+
+Design notes
+- Why: Open WebUI, LangChain, the openai SDK and most chat front-ends speak OpenAI's HTTP API; serving it makes a
+  tinygpt model usable from all of them. FastAPI (pydantic bodies) and uvicorn, which Gradio already installs,
+  do the HTTP; this module only maps OpenAI's fields onto tinygpt's decoding.
+- Routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions and POST /v1/completions, streamed as
+  server-sent events (`data: {chunk}` ... `data: [DONE]`) or not, with usage counts. `openai_router` builds them
+  for a dict of models; `tinygpt serve` puts the router in an app of its own, app.py in Gradio's app (one process,
+  one port for the browser and the API).
+- Decoding: a request becomes a `tinygpt.engine.Request` for the model's `ChatModel`, whose Scheduler batches it
+  with every other reply in flight (API and browser alike). Chat messages are rendered by the model's chat
+  template (`chat.build_prompt`); settings the request leaves out come from the model's generation_config.
+  `top_k` and `min_tokens` are accepted as extra fields, as vLLM does. A prompt that does not fit the window is an error (the
+  engine would silently drop its start); a reply may run past the window, which then slides.
+- Stop strings are matched on the text: text that may be the start of a stop string is held back until it is
+  not, so no part of a stop string is ever sent. A client that goes away (a dropped stream) cancels its request:
+  Starlette cancels the response, the token stream's `finally` cancels the request, and its slot is free before
+  the next step.
+- Errors are OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, with 400 (a bad body: malformed
+  JSON, a wrong field, n > 1, a prompt longer than the window), 401 (no or a wrong API key) and 404 (an unknown
+  model). They are made by the routes' own class (`OpenAIRoute`), so mounting the routes into Gradio's app changes
+  nothing for Gradio's routes.
+- Security: `api_key` is compared in constant time and is never logged or sent back (uvicorn logs request lines,
+  not headers). The server binds 127.0.0.1 unless told otherwise, and a Host header naming another server gets a
+  400 (`host_check`, against DNS rebinding), as in the app.
+"""
+
+import json
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from .chat import ChatModel, IncrementalDecoder, build_prompt, message_text
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always accepted in the Host header
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # binding every interface: the machine's own names are accepted too
+
+
+# -- request bodies -------------------------------------------------------------------------------------------
+
+
+class Sampling(BaseModel):
+    """The fields chat and text completions share. Fields OpenAI has and tinygpt ignores (user, logprobs, ...)
+    are accepted and ignored, as clients send them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # not OpenAI's: vLLM's extra fields
+    min_tokens: int | None = Field(None, ge=0)
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict] | None = None
+
+
+class ChatCompletionBody(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+
+
+class CompletionBody(Sampling):
+    prompt: str | list[str]
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's JSON shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": error}, status_code=self.status)
+
+
+async def parse(request: Request, body_type: type[BaseModel]):
+    """The request's JSON body as `body_type` (whatever its Content-Type, as curl -d sends a form's); a malformed
+    body or a wrong field is one readable 400."""
+    try:
+        return body_type.model_validate_json(await request.body())
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise APIError(400, f"The body is not valid JSON: {first['msg']}.", code="invalid_json") from None
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise APIError(400, f"{field}: {first['msg']}.", param=field, code="invalid_value") from None
+
+
+def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> APIRouter:
+    """The /v1 routes serving `models` (id -> ChatModel); with `api_key`, every route needs
+    `Authorization: Bearer <api_key>`."""
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    class OpenAIRoute(APIRoute):
+        """Checks the key before anything else, and answers every error in OpenAI's shape."""
+
+        def get_route_handler(self) -> Callable:
+            handle = super().get_route_handler()
+
+            async def guarded(request: Request):
+                try:
+                    given = request.headers.get("authorization", "").encode()
+                    if expected is not None and not secrets.compare_digest(given, expected):
+                        raise APIError(
+                            401,
+                            "Missing or wrong API key: send it as the header 'Authorization: Bearer <key>'.",
+                            code="invalid_api_key",
+                        )
+                    return await handle(request)
+                except APIError as error:
+                    return error.response()
+
+            return guarded
+
+    router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
+
+    def chat_model(model_id: str) -> ChatModel:
+        if model_id not in models:
+            raise APIError(
+                404,
+                f"The model {model_id!r} does not exist here; this server has {', '.join(map(repr, models))}.",
+                param="model",
+                code="model_not_found",
+            )
+        return models[model_id]
+
+    @router.get("/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card(model_id) for model_id in models]}
+
+    @router.get("/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        chat_model(model_id)
+        return model_card(model_id)
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request):
+        body = await parse(request, ChatCompletionBody)
+        model = chat_model(body.model)
+        system = "\n".join(message_text(m.content) for m in body.messages if m.role in ("system", "developer"))
+        turns = [{"role": m.role, "content": m.content or ""} for m in body.messages if m.role in ("user", "assistant")]
+        if not turns:
+            raise APIError(400, "messages: there is no user message to reply to.", param="messages")
+        prompt_ids = build_prompt(model.tokenizer, turns, system_prompt=system or None, max_prompt_tokens=1 << 30)
+        return await respond(model, body, prompt_ids, chat=True)
+
+    @router.post("/completions")
+    async def completions(request: Request):
+        body = await parse(request, CompletionBody)
+        model = chat_model(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise APIError(400, "prompt: send one prompt per request (a list of one string at most).", param="prompt")
+        prompt_ids = model.tokenizer(prompts[0])["input_ids"]
+        if not prompt_ids:
+            raise APIError(400, "prompt: the prompt is empty.", param="prompt")
+        return await respond(model, body, prompt_ids, chat=False)
+
+    return router
+
+
+def model_card(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "tinygpt"}
+
+
+# -- decoding -------------------------------------------------------------------------------------------------
+
+
+class StopStrings:
+    """Text in, the text safe to send out: it ends before the first stop string, and an end that may begin one is
+    held back until the next text shows it does not."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.text, self.sent, self.stopped = [stop for stop in stops if stop], "", 0, False
+
+    def push(self, piece: str) -> str:
+        self.text += piece
+        found = [at for stop in self.stops if (at := self.text.find(stop)) >= 0]
+        if found:
+            self.stopped = True
+            end = min(found)
+        else:
+            held = max(
+                (k for stop in self.stops for k in range(1, len(stop)) if self.text.endswith(stop[:k])), default=0
+            )
+            end = len(self.text) - held
+        new, self.sent = self.text[self.sent : end], end
+        return new
+
+    def rest(self) -> str:
+        """What was held back, once the reply ended without a stop string."""
+        return "" if self.stopped else self.text[self.sent :]
+
+
+@dataclass
+class Generation:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "length" when it ran out of max_tokens
+
+    def usage(self) -> dict:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+
+
+async def respond(model: ChatModel, body: Sampling, prompt_ids: list[int], chat: bool):
+    """Check the request against the model, then decode it: one JSON response, or a stream of chunks."""
+    if body.n != 1:
+        raise APIError(400, f"n: only n=1 is supported, got {body.n}.", param="n", code="unsupported_value")
+    room = model.window - 1  # the reply needs at least one position
+    if len(prompt_ids) > room:
+        raise APIError(
+            400,
+            f"The prompt is {len(prompt_ids)} tokens and this model reads at most {room} before its reply "
+            f"(a context window of {model.window}); shorten it.",
+            param="messages" if chat else "prompt",
+            code="context_length_exceeded",
+        )
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    settings = dict(
+        max_new_tokens=max_tokens,
+        min_new_tokens=body.min_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+    )
+    settings = {name: value for name, value in settings.items() if value is not None}
+    request = model.request(prompt_ids, seed=body.seed, **settings)
+    generation = Generation(prompt_tokens=len(prompt_ids))
+    pieces = decode_text(model, request, [body.stop] if isinstance(body.stop, str) else body.stop or [], generation)
+    reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+    header = {"id": reply_id, "created": created, "model": body.model}
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        events = sse_chunks(header, pieces, generation, chat, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return await whole_reply(header, pieces, generation, chat)
+
+
+async def decode_text(model: ChatModel, request, stops: list[str], generation: Generation) -> AsyncIterator[str]:
+    """The reply's text as it is decoded, up to a stop string; counts tokens and the finish reason into
+    `generation`. Leaving the loop early (a stop string, a client gone) cancels the request."""
+    decoder, stop = IncrementalDecoder(model.tokenizer), StopStrings(stops)
+    tokens = model.scheduler.astream(request)
+    try:
+        async for token in tokens:
+            generation.completion_tokens += 1
+            if text := stop.push(decoder.push(token)):
+                yield text
+            if stop.stopped:
+                return
+        if rest := stop.rest():
+            yield rest
+        if generation.completion_tokens >= request.max_new_tokens:
+            generation.finish_reason = "length"
+    finally:
+        await tokens.aclose()
+
+
+async def whole_reply(header: dict, pieces: AsyncIterator[str], generation: Generation, chat: bool) -> dict:
+    text = "".join([piece async for piece in pieces])
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    else:
+        choice = {"index": 0, "text": text}
+    choice |= {"finish_reason": generation.finish_reason, "logprobs": None}
+    kind = "chat.completion" if chat else "text_completion"
+    return {**header, "object": kind, "choices": [choice], "usage": generation.usage()}
+
+
+async def sse_chunks(
+    header: dict, pieces: AsyncIterator[str], generation: Generation, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
+    """The reply as server-sent events: OpenAI's chunks, then `data: [DONE]`."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices: list[dict], **extra) -> str:
+        return f"data: {json.dumps({**header, 'object': kind, 'choices': choices, **extra})}\n\n"
+
+    def choice(text: str | None, finish_reason: str | None = None) -> dict:
+        if chat:
+            delta = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+
+    if chat:
+        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    async for piece in pieces:
+        yield chunk([choice(piece)])
+    yield chunk([choice(None, generation.finish_reason)])
+    if include_usage:
+        yield chunk([], usage=generation.usage())
+    yield "data: [DONE]\n\n"
+
+
+# -- the server -----------------------------------------------------------------------------------------------
+
+
+def host_check(host: str, allowed_hosts=(), share: bool = False) -> Middleware:
+    """Starlette's TrustedHostMiddleware: a request whose Host header names another server gets a 400 (against
+    DNS rebinding, where a foreign page's own name resolves to this server)."""
+    names = {*LOCAL_HOSTS, *allowed_hosts}
+    if host in WILDCARD_HOSTS:
+        names |= {socket.gethostname(), socket.getfqdn()}
+    else:
+        names.add(host)
+    if share:
+        names.add("*.gradio.live")
+    return Middleware(
+        TrustedHostMiddleware, allowed_hosts=sorted(name.lower() for name in names if name), www_redirect=False
+    )
+
+
+def create_app(
+    models: dict[str, ChatModel], *, api_key: str | None = None, host: str = "127.0.0.1", allowed_hosts=()
+) -> FastAPI:
+    """`tinygpt serve`'s app: the /v1 routes alone (no docs pages), behind the Host check."""
+    app = FastAPI(
+        title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None, middleware=[host_check(host, allowed_hosts)]
+    )
+    app.include_router(openai_router(models, api_key))
+    return app
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until interrupted. The port is bound first, so a taken port is an OSError here."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    server.run(sockets=[listener])
+
+
+__all__ = ["APIError", "StopStrings", "create_app", "host_check", "openai_router", "serve"]

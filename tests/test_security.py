@@ -161,7 +161,7 @@ def test_a_bad_model_first_in_models_dir_is_skipped_and_its_load_says_why(app):
 
 
 def test_load_serves_loss_png_from_a_models_dir_outside_cwd_and_tmp(app):
-    _, status, info, image = app.event("load-button", [str(app.models_dir / "chat")])
+    _, status, info, image, *chat_controls = app.event("load-button", [str(app.models_dir / "chat")])
     assert shown_text(status) == f"Loaded {app.models_dir / 'chat'}."
     url = image["value"]["url"]
     assert httpx.get(url, timeout=30).content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -192,7 +192,7 @@ def test_pull_accepts_hub_repo_ids_only(app):
 
 
 def test_a_blank_token_never_pushes_with_the_servers_token(app):
-    status = app.event("push-button", [None, "visitor/with-server-token", "", False, ""])[0]
+    status = app.event("push-button", [None, "visitor/with-server-token", "", False, "", ""])[0]  # no Space
     assert shown_text(status).startswith("Error: enter a Hub token with write access")
     assert not HfApi(endpoint=app.hub_url, token=SERVER_TOKEN).repo_exists("visitor/with-server-token")
 

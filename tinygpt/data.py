@@ -91,18 +91,27 @@ def _joinable(text: str, followed: bool) -> str:
 def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
     """Local files and URLs as chunk rows, through datasets' cache; bad files are caught before it runs."""
     keyed = []
-    for source in sources:
+    for n, source in enumerate(sources):
+        # datasets may shard a list of gen_kwargs across calls: each source carries all it needs
+        followed_here = followed or n < len(sources) - 1
         if _is_url(source):
-            keyed.append({"source": source})
+            keyed.append({"source": source, "followed": followed_here})
         else:
             _check_text_file(Path(source))
             stat = Path(source).stat()  # in the cache key: an edited file is read again
-            keyed.append({"source": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+            keyed.append(
+                {
+                    "source": str(Path(source).resolve()),
+                    "followed": followed_here,
+                    "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                }
+            )
     try:
         return datasets.Dataset.from_generator(
             _chunk_rows,
             features=datasets.Features({"text": datasets.Value("large_string")}),
-            gen_kwargs={"sources": keyed, "followed": followed},
+            gen_kwargs={"sources": keyed},
         )
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__
@@ -113,10 +122,10 @@ def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
         raise DataError(f"cannot read the text files: {_first_line(cause or error)}") from error
 
 
-def _chunk_rows(sources: list[dict], followed: bool):
+def _chunk_rows(sources: list[dict]):
     """{"text": chunk} rows of each source in order; local files are read a block at a time, never whole."""
-    for n, source in enumerate(sources):
-        joined_after = followed or n < len(sources) - 1
+    for source in sources:
+        joined_after = source["followed"]
         if "size" not in source:  # a URL
             yield from ({"text": c} for c in cut_text(_joinable(_read_url(source["source"]), joined_after)))
             continue

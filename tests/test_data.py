@@ -130,6 +130,14 @@ def test_a_local_jsonl_data_file_and_its_split(tmp_path):
         read_text(dataset_name=str(path), text_column="story", dataset_split="test")
 
 
+def test_text_files_then_a_dataset_column(tmp_path):
+    (tmp_path / "a.txt").write_text("file, no final newline", encoding="utf-8")
+    (tmp_path / "rows.jsonl").write_text('{"body": "row 0"}\n{"body": ""}\n{"body": "row 1"}\n', encoding="utf-8")
+    assert read_text([str(tmp_path / "a.txt")], dataset_name=str(tmp_path / "rows.jsonl"), text_column="body") == (
+        "file, no final newline\nrow 0\nrow 1"
+    )
+
+
 def test_tiny_shakespeare_from_shared_data(shared_data):
     path = shared_data / "tinyshakespeare.txt"
     text = read_text([str(path)])

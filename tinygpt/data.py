@@ -30,6 +30,7 @@ from .tokenization_tinygpt import IGNORE_INDEX, DataError, _first_line, encode_c
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where cut_text may cut the text
+CHUNK_FEATURES = datasets.Features({"text": datasets.Value("large_string")})  # one type, so sources concatenate
 CHUNK_CHARS = 1 << 20  # characters a chunk row holds, about: small enough to tokenize in a few MB of RAM
 
 
@@ -77,6 +78,7 @@ def text_documents(
                 batched=True,
                 batch_size=64,
                 remove_columns=rows.column_names,
+                features=CHUNK_FEATURES,
                 desc="Cutting documents into chunks",
             )
         )
@@ -110,7 +112,7 @@ def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
     try:
         return datasets.Dataset.from_generator(
             _chunk_rows,
-            features=datasets.Features({"text": datasets.Value("large_string")}),
+            features=CHUNK_FEATURES,
             gen_kwargs={"sources": keyed},
         )
     except datasets.exceptions.DatasetGenerationError as error:

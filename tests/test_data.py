@@ -5,8 +5,10 @@ import functools
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
@@ -14,14 +16,18 @@ from transformers import DataCollatorForSeq2Seq
 from tinygpt import SPECIAL_TOKENS, data
 from tinygpt.data import (
     DataError,
+    TokenStream,
     TokenWindows,
     WindowCollator,
     conversation_dataset,
     encode_conversation,
     encode_text,
     read_conversations,
-    read_text_sources,
     split_train_val,
+    streamed_windows,
+    text_documents,
+    token_dtype,
+    tokenize_corpus,
 )
 from tinygpt.tokenization_tinygpt import build_tokenizer
 
@@ -39,10 +45,15 @@ CONVERSATION = [
 # Text sources
 
 
+def read_text(*args, **kwargs) -> str:
+    """The corpus `text_documents` gives, its chunks joined."""
+    return "".join(text_documents(*args, **kwargs)["text"])
+
+
 def test_a_text_file_is_read_exactly(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(CORPUS, encoding="utf-8")
-    assert read_text_sources([str(path)]) == CORPUS
+    assert read_text([str(path)]) == CORPUS
 
 
 def test_text_files_are_joined_in_order(tmp_path):
@@ -51,8 +62,8 @@ def test_text_files_are_joined_in_order(tmp_path):
     second.write_text("two, no final newline", encoding="utf-8")
     third.write_text("three 世界\n", encoding="utf-8")
     # A newline goes between two documents only where the first lacks one.
-    assert read_text_sources([str(first), str(second), str(third)]) == "one\ntwo, no final newline\nthree 世界\n"
-    assert read_text_sources([str(third), str(first)]) == "three 世界\none\n"
+    assert read_text([str(first), str(second), str(third)]) == "one\ntwo, no final newline\nthree 世界\n"
+    assert read_text([str(third), str(first)]) == "three 世界\none\n"
 
 
 @pytest.fixture
@@ -75,7 +86,7 @@ def test_a_url_is_downloaded_through_datasets(http_folder, tmp_path):
     (folder / "input.txt").write_text(CORPUS, encoding="utf-8")
     local = tmp_path / "local.txt"
     local.write_text("local\n", encoding="utf-8")
-    assert read_text_sources([str(local), f"{base_url}/input.txt"]) == "local\n" + CORPUS
+    assert read_text([str(local), f"{base_url}/input.txt"]) == "local\n" + CORPUS
 
 
 def test_tiny_shakespeare_by_name_downloads_the_char_rnn_file(http_folder, shared_data, monkeypatch):
@@ -85,14 +96,14 @@ def test_tiny_shakespeare_by_name_downloads_the_char_rnn_file(http_folder, share
     folder, base_url = http_folder  # the same file, served from 127.0.0.1 instead of GitHub
     (folder / "input.txt").write_bytes((shared_data / "tinyshakespeare.txt").read_bytes())
     monkeypatch.setattr(data, "TINY_SHAKESPEARE_URL", f"{base_url}/input.txt")
-    text = read_text_sources(dataset_name="tiny_shakespeare")
+    text = read_text(dataset_name="tiny_shakespeare")
     assert len(text) == 1_115_394 and text.startswith("First Citizen:\nBefore we proceed any further")
 
 
 def test_a_missing_url_is_one_clear_line(http_folder):
     _, base_url = http_folder
     with pytest.raises(DataError, match=r"^cannot read http://127\.0\.0\.1:\d+/missing\.txt: ") as error:
-        read_text_sources([f"{base_url}/missing.txt"])
+        read_text([f"{base_url}/missing.txt"])
     assert "\n" not in str(error.value)
 
 
@@ -101,27 +112,35 @@ def test_a_local_dataset_folder_with_a_text_column(tmp_path):
     folder.mkdir()
     rows = {"body": ["first document\n", "second document", "third"], "id": [1, 2, 3]}
     datasets.Dataset.from_dict(rows).to_parquet(str(folder / "train.parquet"))
-    assert read_text_sources(dataset_name=str(folder), text_column="body") == "first document\nsecond document\nthird"
+    assert read_text(dataset_name=str(folder), text_column="body") == "first document\nsecond document\nthird"
     with pytest.raises(DataError) as error:
-        read_text_sources(dataset_name=str(folder))
+        read_text(dataset_name=str(folder))
     assert str(error.value) == (
         f"dataset {str(folder)!r} has no column 'text'; pick one of ['body', 'id'] with --text_column."
     )
     with pytest.raises(DataError, match="column 'id' holds int64, not text"):
-        read_text_sources(dataset_name=str(folder), text_column="id")
+        read_text(dataset_name=str(folder), text_column="id")
 
 
 def test_a_local_jsonl_data_file_and_its_split(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"story": f"story {i}\n"}) for i in range(3)), encoding="utf-8")
-    assert read_text_sources(dataset_name=str(path), text_column="story") == "story 0\nstory 1\nstory 2\n"
+    assert read_text(dataset_name=str(path), text_column="story") == "story 0\nstory 1\nstory 2\n"
     with pytest.raises(DataError, match=r"^cannot load dataset .*docs\.jsonl' \(config None, split 'test'\): "):
-        read_text_sources(dataset_name=str(path), text_column="story", dataset_split="test")
+        read_text(dataset_name=str(path), text_column="story", dataset_split="test")
+
+
+def test_text_files_then_a_dataset_column(tmp_path):
+    (tmp_path / "a.txt").write_text("file, no final newline", encoding="utf-8")
+    (tmp_path / "rows.jsonl").write_text('{"body": "row 0"}\n{"body": ""}\n{"body": "row 1"}\n', encoding="utf-8")
+    assert read_text([str(tmp_path / "a.txt")], dataset_name=str(tmp_path / "rows.jsonl"), text_column="body") == (
+        "file, no final newline\nrow 0\nrow 1"
+    )
 
 
 def test_tiny_shakespeare_from_shared_data(shared_data):
     path = shared_data / "tinyshakespeare.txt"
-    text = read_text_sources([str(path)])
+    text = read_text([str(path)])
     assert text == path.read_text(encoding="utf-8") and len(text) == 1_115_394
     tokenizer = build_tokenizer("char", text)
     assert len(tokenizer) == 65 + len(SPECIAL_TOKENS)
@@ -211,9 +230,9 @@ def test_split_is_first_and_last_like_nanogpt():
 
 def test_windows_are_deterministic_for_a_seed():
     tokens = torch.arange(500)
-    windows = TokenWindows(tokens, block_size=16, num_windows=64, seed=7)
-    again = TokenWindows(tokens, block_size=16, num_windows=64, seed=7)
-    other = TokenWindows(tokens, block_size=16, num_windows=64, seed=8)
+    windows = TokenWindows(len(tokens), block_size=16, num_windows=64, seed=7)
+    again = TokenWindows(len(tokens), block_size=16, num_windows=64, seed=7)
+    other = TokenWindows(len(tokens), block_size=16, num_windows=64, seed=8)
     offsets = [windows[i]["offset"] for i in range(len(windows))]
     assert len(windows) == 64 and offsets == [again[i]["offset"] for i in range(64)]
     assert offsets != [other[i]["offset"] for i in range(64)]
@@ -222,7 +241,7 @@ def test_windows_are_deterministic_for_a_seed():
 
 def test_windows_are_collated_into_one_batch():
     tokens = torch.arange(1000, 1500)
-    windows = TokenWindows(tokens, block_size=16, num_windows=10, seed=0)
+    windows = TokenWindows(len(tokens), block_size=16, num_windows=10, seed=0)
     loader = torch.utils.data.DataLoader(windows, batch_size=4, collate_fn=WindowCollator(tokens, block_size=16))
     batch = next(iter(loader))
     assert batch["input_ids"].shape == (4, 16) and batch["input_ids"].dtype == torch.long
@@ -234,11 +253,72 @@ def test_windows_are_collated_into_one_batch():
 
 def test_a_corpus_shorter_than_the_context_is_one_clear_line():
     with pytest.raises(DataError) as error:
-        TokenWindows(torch.arange(100), block_size=128, num_windows=10)
+        TokenWindows(100, block_size=128, num_windows=10)
     assert str(error.value) == (
         "the corpus has 100 tokens but a context of 128 needs at least 129; "
         "pass a smaller --block_size (at most 99) or more text."
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The token cache: tokenized once by datasets' map, read in place from the memory map
+
+
+def test_a_corpus_is_tokenized_once_and_reused_from_the_cache(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS * 50, encoding="utf-8")
+    tokenizer = build_tokenizer("char", CORPUS)
+    tokens, reused = tokenize_corpus(tokenizer, text_documents([str(path)]))
+    assert not reused and all(Path(f["filename"]).is_file() for f in tokens.cache_files)
+    stream = TokenStream(tokens)
+    assert stream.read(0, len(stream)).tolist() == encode_text(tokenizer, CORPUS * 50).tolist()
+
+    def tokenizing_again(*args, **kwargs):
+        raise AssertionError("tokenized again instead of reading the cache")
+
+    monkeypatch.setattr(data, "_encode_rows", tokenizing_again)
+    again, reused = tokenize_corpus(tokenizer, text_documents([str(path)]))
+    assert reused and again.cache_files == tokens.cache_files
+    path.write_text(CORPUS * 51, encoding="utf-8")  # an edited file is a new cache key
+    with pytest.raises(AssertionError, match="tokenized again"):
+        tokenize_corpus(tokenizer, text_documents([str(path)]))
+
+
+def test_windows_are_read_from_the_memory_map_across_chunks(tmp_path, monkeypatch, shared_data):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(data, "CHUNK_CHARS", 5_000)  # 40 chunk rows, several Arrow record batches
+    tokenizer = build_tokenizer(str(shared_data / "gpt2"), None)
+    documents = text_documents([str(tmp_path / "a.txt")])
+    assert len(documents) >= 30 and "".join(documents["text"]) == text
+    stream = TokenStream(tokenize_corpus(tokenizer, documents, num_proc=2)[0])
+    assert len(stream.pieces) > 1
+    for piece in stream.pieces:  # views of the memory-mapped files: uint16, read-only, no copy of their own
+        assert piece.dtype == np.uint16 and not piece.flags.writeable and not piece.flags.owndata
+    expected = encode_text(tokenizer, text)  # the chunks' ids are the whole text's
+    assert stream.read(0, len(stream)).tolist() == expected.tolist()
+    crossing = int(stream.starts[1]) - 5  # a window across two record batches
+    batch = WindowCollator(stream, block_size=16)([{"offset": crossing}, {"offset": 0}])
+    assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (2, 16)
+    assert torch.equal(batch["input_ids"][0], expected[crossing : crossing + 16])
+
+
+def test_uint16_where_the_vocabulary_fits_else_uint32(shared_data):
+    assert token_dtype(build_tokenizer(str(shared_data / "gpt2"), None)) == "uint16"  # 50,257 + the chat tokens
+    assert token_dtype(build_tokenizer("char", CORPUS)) == "uint16"
+    assert token_dtype(list(range(1 << 16))) == "uint16" and token_dtype(list(range((1 << 16) + 1))) == "uint32"
+
+
+def test_a_streamed_dataset_gives_consecutive_windows(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"body": f"document {i}\n"}) for i in range(40)), encoding="utf-8")
+    tokenizer = build_tokenizer("char", "document 0123456789\n")
+    windows = list(streamed_windows(tokenizer, str(path), None, "body", "train", block_size=16))
+    stream = encode_text(tokenizer, "".join(f"document {i}\n" for i in range(40)))
+    assert len(windows) == len(stream) // 16  # the corpus fits in one map batch: one leftover dropped
+    for i, window in enumerate(windows):
+        assert torch.equal(window["input_ids"], stream[16 * i : 16 * (i + 1)])
+        assert torch.equal(window["labels"], window["input_ids"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,7 +435,7 @@ def test_bad_jsonl_line_and_bad_messages_are_one_clear_line(tmp_path):
 
 
 def test_a_missing_file(tmp_path):
-    for read in (lambda p: read_text_sources([p]), read_conversations):
+    for read in (lambda p: read_text([p]), read_conversations):
         with pytest.raises(DataError) as error:
             read(str(tmp_path / "nope.txt"))
         assert str(error.value).startswith(f"{tmp_path / 'nope.txt'}: no such ")
@@ -365,7 +445,7 @@ def test_an_empty_file(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_text("", encoding="utf-8")
     with pytest.raises(DataError) as error:
-        read_text_sources([str(path)])
+        read_text([str(path)])
     assert str(error.value) == f"{path} is empty; give it some text."
     with pytest.raises(DataError) as error:
         read_conversations(str(path))
@@ -379,7 +459,7 @@ def test_a_binary_file(tmp_path, content):
     path = tmp_path / "image.png"
     path.write_bytes(content)
     with pytest.raises(DataError) as error:
-        read_text_sources([str(path)])
+        read_text([str(path)])
     assert str(error.value) == f"{path} is not UTF-8 text (looks binary); pass a plain text file."
 
 
@@ -398,7 +478,7 @@ def test_a_legacy_8_bit_text_file_is_named_as_such_not_binary(tmp_path, content,
         f"{path} is not UTF-8 text (byte 0x{byte:02x} at offset {offset}; it looks like {encoding}); convert it to "
         f"UTF-8, e.g. iconv -f {encoding} -t utf-8 {path} > utf8.txt"
     )
-    for read in (lambda p: read_text_sources([p]), read_conversations):
+    for read in (lambda p: read_text([p]), read_conversations):
         with pytest.raises(DataError) as error:
             read(str(path))
         assert " ".join(str(error.value).split()) == expected
@@ -406,5 +486,5 @@ def test_a_legacy_8_bit_text_file_is_named_as_such_not_binary(tmp_path, content,
 
 def test_no_source_at_all():
     with pytest.raises(DataError) as error:
-        read_text_sources()
+        read_text()
     assert str(error.value) == "no training text: pass --text_file PATH_OR_URL or --dataset_name NAME."

@@ -15,6 +15,7 @@ import torch
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
 from tests.train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
 from tinygpt.presets import PRESETS
+from tinygpt.tokenization_tinygpt import build_tokenizer
 from tinygpt.training import main, parse_args
 from tinygpt.training.args import LATEST
 
@@ -158,6 +159,32 @@ def test_model_card_has_hub_metadata_shape_metrics_and_usage(text_run):
     assert "2 x 2 x 32" in card and f"{metrics['parameters']:,}" in card
     assert f"{metrics['val_loss']:.4f}" in card and "text: a.txt, b.txt, " in card and "rows.jsonl" in card
     assert "AutoModelForCausalLM.from_pretrained" in card and "pipeline(" in card and "![loss](loss.png)" in card
+
+
+def test_a_second_run_on_the_same_text_reuses_the_tokenized_cache(workdir):
+    text = write_corpus(workdir / "cached.txt", seed=5)
+    args = [*TINY, "--max_steps", "2", "--text_file", text, "--disable_tqdm", "true"]
+    first = run_train(*args, "--output_dir", workdir / "cached-1", cwd=workdir)
+    assert first.returncode == 0, describe(first)
+    second = run_train(*args, "--output_dir", workdir / "cached-2", cwd=workdir)
+    assert second.returncode == 0, describe(second)
+    wrote = next(line for line in first.stdout.splitlines() if line.startswith("wrote "))
+    assert "tokens (uint16) in datasets' cache: " in wrote
+    assert f"reusing {wrote.removeprefix('wrote ')}" in second.stdout  # the same files, not tokenized again
+    assert "Tokenizing" in first.stderr and "Tokenizing" not in second.stderr  # datasets' map progress bar
+
+
+def test_a_streamed_dataset_trains(workdir, corpus, capsys):
+    rows = workdir / "stream.jsonl"
+    rows.write_text("".join(json.dumps({"text": line}) + "\n" for line in corpus[0].read_text().splitlines()))
+    tokenizer = workdir / "stream-tokenizer"
+    build_tokenizer("char", corpus[0].read_text()).save_pretrained(tokenizer)
+    output = workdir / "streamed"
+    argv = [*TINY, "--max_steps", "4", "--streaming", "--dataset_name", rows, "--tokenizer", tokenizer]
+    assert main([str(arg) for arg in [*argv, "--output_dir", output, "--disable_tqdm", "true"]]) == 0
+    out = capsys.readouterr().out
+    assert "(streamed) (16 validation windows first, then training windows)" in out
+    assert json.loads((output / "metrics.json").read_text())["global_step"] == 4
 
 
 def test_muon_trains_the_block_matrices_and_resumes_exactly(workdir, corpus):

@@ -293,6 +293,28 @@ def test_unusable_flag_values_are_refused_before_anything_is_written(workdir, co
     )
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--text_file", "{corpus}"],
+            "--streaming reads a Hub or local dataset (--dataset_name) as it downloads; drop --streaming for "
+            "--text_file, tiny_shakespeare or conversations.",
+        ),
+        (
+            ["--dataset_name", "{corpus}", "--tokenizer", "char"],
+            "--streaming never holds the corpus, so --tokenizer char cannot be built from it; pass --tokenizer gpt2 "
+            "or a saved tokenizer folder.",
+        ),
+    ],
+    ids=["text-file", "char-tokenizer"],
+)
+def test_streaming_needs_a_dataset_and_a_fixed_tokenizer(workdir, corpus, capsys, flags, message):
+    output = workdir / "out-streaming"
+    flags = [flag.format(corpus=corpus) for flag in flags]
+    fails_cleanly([*TINY, "--max_steps", "2", "--streaming", *flags, "--output_dir", output], capsys, output, message)
+
+
 def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_rerun(workdir, corpus, capsys):
     output = workdir / "out-rerun"
     common = [*TINY, "--max_steps", "2", "--text_file", str(corpus), "--output_dir", str(output)]

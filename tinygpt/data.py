@@ -1,11 +1,13 @@
 """Training data for tinygpt: text corpora as one token stream, chat files as masked conversations.
 
 Design notes
-- Plain text (files, URLs, Hub or local datasets) goes through `datasets`: the "text" builder for files and URLs
-  (one row per file, so the exact text is kept), `load_dataset(name)` for anything else. The documents are joined
-  in order, tokenized once into a 1-D tensor and split like nanoGPT: first 90% train, last 10% validation.
-  Training samples random windows of that stream (`TokenWindows`); the tensor lives on the training device when it
-  fits, so a batch is one gather (`WindowCollator`) with no host-to-device copy.
+- Plain text (files, URLs, Hub or local datasets) never sits in RAM whole. It becomes a `datasets.Dataset` of
+  ~1M-character chunks in datasets' cache (`text_documents`), is tokenized once by `Dataset.map(num_proc=...)`
+  into a uint16 column where the vocabulary fits (`tokenize_corpus`), and later runs on the same text with the
+  same tokenizer reuse those Arrow files. Training reads random windows (`TokenWindows`) of the joined ids
+  straight from the memory-mapped files (`TokenStream`); a corpus small enough is copied to the GPU instead, so a
+  batch there is one gather (`WindowCollator`) with no host work. The split is nanoGPT's: first 90% train, last
+  10% validation. A Hub corpus larger than the disk is streamed (`streamed_windows`).
 - Conversations (ShareGPT or messages form, JSON or JSONL) are rendered with the tokenizer's chat template, the
   same one generation uses, and only the assistant's replies and the <EOS> that closes each reply carry labels
   (nanochat's rule): the model learns to answer, not to imitate the user.
@@ -15,67 +17,147 @@ Design notes
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
+from datasets.fingerprint import Hasher
 
 from .tokenization_tinygpt import IGNORE_INDEX, DataError, _first_line, encode_conversations
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where encode_text may cut the text
+CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where cut_text may cut the text
+CHUNK_FEATURES = datasets.Features({"text": datasets.Value("large_string")})  # one type, so sources concatenate
+CHUNK_CHARS = 1 << 20  # characters a chunk row holds, about: small enough to tokenize in a few MB of RAM
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Text corpora
 
 
-def read_text_sources(
+def text_documents(
     text_files: list[str] | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     text_column: str = "text",
     dataset_split: str = "train",
-) -> str:
-    """The whole corpus as one string: the text files / URLs in order, then the dataset's `text_column`.
+) -> datasets.Dataset:
+    """The corpus as a datasets.Dataset of one "text" column: the text files / URLs in order, then the dataset's
+    `text_column`, each cut into chunks of about `CHUNK_CHARS` characters at lone newlines (see `cut_text`).
 
     `dataset_name` is a Hub dataset id (e.g. "Salesforce/wikitext" with config "wikitext-103-raw-v1"), a local
     folder or data file `datasets` can read (parquet, json, jsonl, csv, txt), or "tiny_shakespeare" (the char-rnn
-    file, downloaded). Documents are joined with a newline between two where the first does not end with one.
+    file, downloaded). Documents are joined with a newline between two where the first does not end with one, so
+    the chunks concatenated are the corpus. Files are read a block at a time into datasets' cache
+    (`Dataset.from_generator`, keyed by path, size and modification time): a second run reads nothing again.
     """
     if not text_files and not dataset_name:
         raise DataError("no training text: pass --text_file PATH_OR_URL or --dataset_name NAME.")
-    documents = []
-    for source in text_files or []:
-        documents.append(_read_text_file(source))
-    if dataset_name == "tiny_shakespeare":
-        documents.append(_read_text_file(TINY_SHAKESPEARE_URL))
-    elif dataset_name:
-        documents.extend(_read_dataset_column(dataset_name, dataset_config, text_column, dataset_split))
+    sources = list(text_files or []) + ([TINY_SHAKESPEARE_URL] if dataset_name == "tiny_shakespeare" else [])
+    rows = None
+    if dataset_name and dataset_name != "tiny_shakespeare":
+        rows = _dataset_column(dataset_name, dataset_config, text_column, dataset_split)
     parts = []
-    for document in documents:
-        if parts and not parts[-1].endswith("\n"):
-            parts.append("\n")
-        parts.append(document)
-    return "".join(parts)
+    if sources:
+        parts.append(_file_chunks(sources, followed=rows is not None))
+    if rows is not None:
+        last = len(rows) - 1
+        parts.append(
+            rows.map(
+                lambda batch, indices: {
+                    "text": [
+                        c
+                        for t, i in zip(batch[text_column], indices, strict=True)
+                        for c in cut_text(_joinable(t, i < last))
+                    ]
+                },
+                with_indices=True,
+                batched=True,
+                batch_size=64,
+                remove_columns=rows.column_names,
+                features=CHUNK_FEATURES,
+                desc="Cutting documents into chunks",
+            )
+        )
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _joinable(text: str, followed: bool) -> str:
+    """A document as it goes into the joined corpus: a newline added where another follows and it has none."""
+    return text + "\n" if followed and not text.endswith("\n") else text
+
+
+def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
+    """Local files and URLs as chunk rows, through datasets' cache; bad files are caught before it runs."""
+    keyed = []
+    for n, source in enumerate(sources):
+        # datasets may shard a list of gen_kwargs across calls: each source carries all it needs
+        followed_here = followed or n < len(sources) - 1
+        if _is_url(source):
+            keyed.append({"source": source, "followed": followed_here})
+        else:
+            _check_text_file(Path(source))
+            stat = Path(source).stat()  # in the cache key: an edited file is read again
+            keyed.append(
+                {
+                    "source": str(Path(source).resolve()),
+                    "followed": followed_here,
+                    "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                }
+            )
+    try:
+        return datasets.Dataset.from_generator(
+            _chunk_rows,
+            features=CHUNK_FEATURES,
+            gen_kwargs={"sources": keyed},
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__
+        if isinstance(cause, DataError):
+            raise cause from None
+        if isinstance(cause, UnicodeDecodeError):
+            raise DataError(_not_utf8(Path(cause.path), "pass a plain text file")) from error
+        raise DataError(f"cannot read the text files: {_first_line(cause or error)}") from error
+
+
+def _chunk_rows(sources: list[dict]):
+    """{"text": chunk} rows of each source in order; local files are read a block at a time, never whole."""
+    for source in sources:
+        joined_after = source["followed"]
+        if "size" not in source:  # a URL
+            yield from ({"text": c} for c in cut_text(_joinable(_read_url(source["source"]), joined_after)))
+            continue
+        path = source["source"]
+        with open(path, encoding="utf-8") as f:
+            buffer = ""
+            try:
+                while block := f.read(CHUNK_CHARS):
+                    buffer += block
+                    *chunks, buffer = cut_text(buffer, CHUNK_CHARS, final=False)
+                    yield from ({"text": c} for c in chunks)
+            except UnicodeDecodeError as error:
+                error.path = path  # for the message: datasets re-raises it as the cause of its own error
+                raise
+            tail = _joinable(buffer, joined_after)
+        if tail:
+            yield {"text": tail}
 
 
 def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://", "hf://"))
 
 
-def _read_text_file(source: str) -> str:
-    """One file or URL, read by datasets' "text" builder as a single document (newlines kept)."""
-    if not _is_url(source):
-        _check_text_file(Path(source))
+def _read_url(source: str) -> str:
+    """One URL, downloaded by datasets' "text" builder (into its cache) as a single document (newlines kept)."""
     try:
         rows = datasets.load_dataset("text", data_files=[source], sample_by="document", split="train")
     except datasets.exceptions.DatasetGenerationError as error:
         if isinstance(error.__cause__, UnicodeDecodeError):
-            if _is_url(source):
-                raise DataError(f"{source} is not UTF-8 text; pass a UTF-8 text file.") from error
-            raise DataError(_not_utf8(Path(source), "pass a plain text file")) from error
+            raise DataError(f"{source} is not UTF-8 text; pass a UTF-8 text file.") from error
         raise DataError(f"cannot read {source}: {_first_line(error.__cause__ or error)}") from error
     except ImportError as error:  # datasets reads http(s) URLs through fsspec, whose HTTP support is optional
         raise DataError(f"reading {source} needs fsspec's HTTP support: pip install 'fsspec[http]'.") from error
@@ -129,81 +211,182 @@ def _not_utf8(path: Path, fix: str) -> str:
     )
 
 
-def _read_dataset_column(name: str, config: str | None, column: str, split: str) -> list[str]:
-    """The `column` of a Hub dataset, local dataset folder or local data file, one string per row."""
+def _dataset_column(
+    name: str, config: str | None, column: str, split: str, streaming: bool = False
+) -> datasets.Dataset | datasets.IterableDataset:
+    """A Hub dataset, local dataset folder or local data file, reduced to its non-empty `column` rows."""
     path = Path(name)
     builders = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
     if path.is_file() and path.suffix not in builders:
         raise DataError(f"{name}: cannot tell the format; use one of {', '.join(builders)} or a dataset folder.")
     try:
         if path.is_file():  # load_dataset reads folders and Hub ids by name, single files through their builder
-            rows = datasets.load_dataset(builders[path.suffix], data_files=[str(path)], split=split)
+            rows = datasets.load_dataset(
+                builders[path.suffix], data_files=[str(path)], split=split, streaming=streaming
+            )
         else:
-            rows = datasets.load_dataset(name, config, split=split)
+            rows = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
         raise DataError(
             f"cannot load dataset {name!r} (config {config!r}, split {split!r}): {_first_line(error)}"
         ) from error
-    if column not in rows.column_names:
-        raise DataError(
-            f"dataset {name!r} has no column {column!r}; pick one of {rows.column_names} with --text_column."
-        )
-    if rows.features[column].dtype not in ("string", "large_string"):
-        raise DataError(
-            f"dataset {name!r}: column {column!r} holds {rows.features[column].dtype}, not text; pick another."
-        )
-    texts = [text for text in rows[column] if text]
-    if not texts:
+    features = rows.features  # None for a stream whose files do not declare them: checked as rows arrive
+    if features is not None and column not in features:
+        raise DataError(f"dataset {name!r} has no column {column!r}; pick one of {list(features)} with --text_column.")
+    dtype = getattr(features[column], "dtype", type(features[column]).__name__) if features else "string"
+    if dtype not in ("string", "large_string"):
+        raise DataError(f"dataset {name!r}: column {column!r} holds {dtype}, not text; pick another.")
+    rows = rows.select_columns([column]).filter(lambda batch: [bool(t) for t in batch[column]], batched=True)
+    if not streaming and len(rows) == 0:
         raise DataError(f"dataset {name!r}: column {column!r} of split {split!r} is empty.")
-    return texts
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Token streams: encode, split, random windows
 
 
-def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 18) -> torch.Tensor:
-    """(N,) LongTensor of the text's ids, no special tokens added.
+def cut_text(text: str, chunk_chars: int = CHUNK_CHARS, final: bool = True) -> list[str]:
+    """The text in pieces of about `chunk_chars` characters, each cut after a lone newline between two non-space
+    characters, where GPT-2-style pre-tokenization splits anyway: the pieces' ids are those of the whole text.
 
-    The text is cut every ~256K characters and the chunks are encoded as one batch, which fast tokenizers run in
-    parallel. Each cut falls after a lone newline between two non-space characters, where GPT-2-style
-    pre-tokenization splits anyway, so the ids are those of the whole text.
+    With final=False the last item is the remainder that has no cut after `chunk_chars` yet ("" at most).
     """
     chunks, start = [], 0
-    while start < len(text):
-        cut = CHUNK_BOUNDARY.search(text, start + chunk_chars)
-        end = cut.end() if cut else len(text)
-        chunks.append(text[start:end])
-        start = end
+    while cut := CHUNK_BOUNDARY.search(text, start + chunk_chars):
+        chunks.append(text[start : cut.end()])
+        start = cut.end()
+    if start < len(text) or not final:
+        chunks.append(text[start:])
+    return chunks
+
+
+def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 18) -> torch.Tensor:
+    """(N,) LongTensor of the text's ids, no special tokens added; the chunks (`cut_text`) are encoded as one
+    batch, which fast tokenizers run in parallel."""
+    chunks = cut_text(text, chunk_chars)
     if not chunks:
         return torch.empty(0, dtype=torch.long)
     encoded = tokenizer(chunks, add_special_tokens=False)["input_ids"]
     return torch.tensor([token for chunk in encoded for token in chunk], dtype=torch.long)
 
 
-def split_train_val(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def split_point(num_tokens: int, val_fraction: float = 0.1) -> int:
     """nanoGPT's split: the first (1 - val_fraction) of the stream trains, the rest validates."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val_fraction must be in [0, 1), got {val_fraction}.")
-    n_train = len(ids) - int(len(ids) * val_fraction)
+    return num_tokens - int(num_tokens * val_fraction)
+
+
+def split_train_val(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) of a token tensor, split at `split_point`."""
+    n_train = split_point(len(ids), val_fraction)
     return ids[:n_train], ids[n_train:]
 
 
+def token_dtype(tokenizer) -> str:
+    """The narrowest unsigned type that holds every id: uint16 for vocabularies up to 65,536 (GPT-2's included)."""
+    return "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What decides the ids: the tokenizer's class, vocabulary and (fast tokenizers) its whole pipeline."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return Hasher.hash(
+        [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), backend.to_str() if backend else None]
+    )
+
+
+def _encode_rows(batch: dict, tokenizer, dtype: str) -> dict:
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    return {"input_ids": [np.asarray(row, dtype=dtype) for row in ids]}  # numpy: no Python int per token kept
+
+
+def tokenize_corpus(
+    tokenizer, documents: datasets.Dataset, num_proc: int | None = None
+) -> tuple[datasets.Dataset, bool]:
+    """(tokens, reused): the chunks' ids as an "input_ids" column of `token_dtype`, one row per chunk, written
+    once by `Dataset.map(num_proc=...)` into datasets' cache beside the chunks, and reused by every later run
+    on the same text with the same tokenizer.
+
+    The cache key is the chunks' fingerprint (their source), the tokenizer's and the dtype's: datasets' own
+    fingerprint of the map function would hash the tokenizer object, which is not stable from run to run.
+    """
+    dtype = token_dtype(tokenizer)
+    fingerprint = Hasher.hash([documents._fingerprint, tokenizer_fingerprint(tokenizer), dtype])
+    folder = Path(documents.cache_files[0]["filename"]).parent
+    reused = any(folder.glob(f"tokens-{fingerprint}*.arrow"))
+    num_proc = num_proc or min(os.cpu_count() or 1, len(documents))
+    tokens = documents.map(
+        _encode_rows,
+        fn_kwargs={"tokenizer": tokenizer, "dtype": dtype},
+        batched=True,
+        batch_size=8,  # 8 chunks of ~1M characters: a few MB of text and ids in flight per process
+        writer_batch_size=8,
+        remove_columns=["text"],
+        features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value(dtype))}),
+        num_proc=num_proc if num_proc > 1 else None,
+        cache_file_name=str(folder / f"tokens-{fingerprint}.arrow"),
+        new_fingerprint=fingerprint,
+        desc="Tokenizing",
+    )
+    return tokens, reused
+
+
+class TokenStream:
+    """The tokenized corpus as one stream of ids, read in place from the memory-mapped Arrow files of
+    `tokenize_corpus`: RAM holds only the pages the windows touch.
+
+    `datasets` reads rows (chunks), but a window at a random offset crosses chunk boundaries. Arrow keeps a list
+    column's values contiguous in each record batch, so each batch's values are viewed as a numpy array without a
+    copy (read-only: it is the file), and a window is a slice, or two joined where it crosses one.
+    """
+
+    def __init__(self, tokens: datasets.Dataset):
+        values = [batch.flatten().to_numpy() for batch in tokens.data.column("input_ids").chunks]
+        self.pieces = [piece for piece in values if len(piece)]
+        self.starts = np.cumsum([0] + [len(piece) for piece in self.pieces])  # piece i holds ids starts[i]..
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """(length,) ids from `start`, in the stream's dtype."""
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        begin = start - int(self.starts[i])
+        if begin + length <= len(self.pieces[i]):
+            return self.pieces[i][begin : begin + length]
+        parts, needed = [], length
+        while needed:
+            part = self.pieces[i][begin : begin + needed]
+            parts.append(part)
+            needed, begin, i = needed - len(part), 0, i + 1
+        return np.concatenate(parts)
+
+    def windows(self, offsets: list[int], length: int) -> torch.Tensor:
+        """(B, length) LongTensor of the windows starting at `offsets`."""
+        return torch.from_numpy(np.stack([self.read(offset, length) for offset in offsets]).astype(np.int64))
+
+    def to_tensor(self) -> torch.Tensor:
+        """(N,) int32 tensor of the whole stream, in RAM: for a corpus small enough to live on the GPU."""
+        return torch.from_numpy(np.concatenate(self.pieces).astype(np.int32))
+
+
 class TokenWindows(torch.utils.data.Dataset):
-    """`num_windows` random windows of block_size tokens over a 1-D token tensor; item i is {"offset": int}.
+    """`num_windows` random windows of block_size tokens over a stream of `num_tokens`; item i is {"offset": int}.
 
     Offset i is a hash of (seed, i): the same window in every run with that seed (a resumed run sees the same
     data), computed when asked for, so a million-step run holds no table of offsets. Items hold only offsets:
     `WindowCollator` gathers the tokens.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, num_windows: int, seed: int = 0):
-        if len(tokens) < block_size + 1:
+    def __init__(self, num_tokens: int, block_size: int, num_windows: int, seed: int = 0):
+        if num_tokens < block_size + 1:
             raise DataError(
-                f"the corpus has {len(tokens)} tokens but a context of {block_size} needs at least {block_size + 1}; "
-                f"pass a smaller --block_size (at most {max(len(tokens) - 1, 1)}) or more text."
+                f"the corpus has {num_tokens} tokens but a context of {block_size} needs at least {block_size + 1}; "
+                f"pass a smaller --block_size (at most {max(num_tokens - 1, 1)}) or more text."
             )
-        self.num_offsets = len(tokens) - block_size
+        self.num_offsets = num_tokens - block_size
         self.num_windows = num_windows
         self.seed = seed
 
@@ -218,24 +401,49 @@ class TokenWindows(torch.utils.data.Dataset):
 
 
 class WindowCollator:
-    """Gathers a batch of windows in one indexing op on the tokens' device: {"input_ids", "labels"}, both (B, T).
+    """Gathers a batch of windows: {"input_ids", "labels"}, both (B, T) int64.
 
+    `tokens` is a `TokenStream` (windows read from the memory map on the host; the Trainer moves the batch) or a
+    1-D tensor on the training device, where a batch is one indexing op with no host-to-device copy of tokens.
     labels == input_ids: the model shifts them by one position for next-token prediction.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int):
+    def __init__(self, tokens: "TokenStream | torch.Tensor", block_size: int):
         self.tokens = tokens
-        self.positions = torch.arange(block_size, device=tokens.device)  # (T,)
+        self.block_size = block_size
+        if isinstance(tokens, torch.Tensor):
+            self.positions = torch.arange(block_size, device=tokens.device)  # (T,)
 
     def __call__(self, features: list[dict]) -> dict:
-        offsets = torch.tensor([f["offset"] for f in features])  # (B,) on the host
+        offsets = [f["offset"] for f in features]
+        if isinstance(self.tokens, TokenStream):
+            batch = self.tokens.windows(offsets, self.block_size)  # (B, T)
+            return {"input_ids": batch, "labels": batch}
+        offsets = torch.tensor(offsets)  # (B,) on the host
         if self.tokens.is_cuda:
             # From pinned memory the copy is queued behind the GPU's work; from pageable memory CUDA would first
             # wait for that work to finish, and the host could never run a step ahead.
             offsets = offsets.pin_memory()
         offsets = offsets.to(self.tokens.device, non_blocking=True)
-        batch = self.tokens[offsets[:, None] + self.positions]  # (B, T)
+        batch = self.tokens[offsets[:, None] + self.positions].long()  # (B, T)
         return {"input_ids": batch, "labels": batch}
+
+
+def streamed_windows(
+    tokenizer, name: str, config: str | None, column: str, split: str, block_size: int
+) -> datasets.IterableDataset:
+    """Windows of block_size tokens read from a dataset streamed (`load_dataset(streaming=True)`), for corpora
+    larger than the disk: nothing is cached, each document is tokenized as it arrives, and consecutive windows are
+    cut from the joined stream (run_clm's `group_texts`) as {"input_ids", "labels"} tensors."""
+    documents = _dataset_column(name, config, column, split, streaming=True)
+
+    def windows(batch: dict) -> dict:
+        ids = tokenizer([_joinable(t, True) for t in batch[column]], add_special_tokens=False)["input_ids"]
+        stream = [token for row in ids for token in row]
+        cut = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+        return {"input_ids": cut, "labels": cut}  # a batch's leftover (< block_size tokens) is dropped
+
+    return documents.map(windows, batched=True, batch_size=256, remove_columns=[column]).with_format("torch")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -345,12 +553,18 @@ def conversation_dataset(tokenizer, conversations: list[list[dict]], max_length:
 __all__ = [
     "DataError",
     "TINY_SHAKESPEARE_URL",
+    "TokenStream",
     "TokenWindows",
     "WindowCollator",
     "conversation_dataset",
+    "cut_text",
     "encode_conversation",
     "encode_text",
     "read_conversations",
-    "read_text_sources",
+    "split_point",
     "split_train_val",
+    "streamed_windows",
+    "text_documents",
+    "token_dtype",
+    "tokenize_corpus",
 ]

@@ -80,6 +80,12 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "its configuration name"})
     text_column: str = field(default="text", metadata={"help": "the dataset column holding the text"})
     dataset_split: str = field(default="train", metadata={"help": "the dataset split to read"})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "stream --dataset_name (datasets' streaming=True) instead of caching it: for corpora larger than the disk"
+        },
+    )
     chat_file: str | None = field(
         default=None,
         metadata={"help": "conversations (JSON/JSONL, messages or ShareGPT form) to fine-tune a chat model"},

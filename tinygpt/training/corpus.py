@@ -1,9 +1,11 @@
 """What a run trains on: plain text as token windows, or conversations (a chat file, or by default the built-in
 synthetic task) as padded sequences whose labels supervise only the assistant's tokens.
 
-- Plain text becomes one token tensor that lives on the training device; the dataset yields window offsets and
-  `WindowCollator` gathers (B, T) batches there, so the input pipeline costs no host work, no workers and no
-  pinned memory.
+- Plain text is tokenized once into datasets' cache (tinygpt.data.tokenize_corpus; later runs reuse it) and read
+  as random windows from the memory-mapped files. On a GPU, a corpus of up to 1/16 of its memory (as int32) is
+  copied there whole, as before: a batch is then one gather on the device, with no host work, no workers and no
+  pinned memory, which matters for small models whose steps take milliseconds. `--streaming` reads a dataset as
+  it downloads, for corpora larger than the disk.
 - A context that cannot fit the device's memory is refused up front (`check_context_fits`).
 """
 
@@ -11,19 +13,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
-from transformers import (
-    DataCollatorForSeq2Seq,
-)
+from transformers import DataCollatorForSeq2Seq, default_data_collator
 
 from ..data import (
+    TokenStream,
     TokenWindows,
     WindowCollator,
     conversation_dataset,
-    encode_text,
     read_conversations,
-    read_text_sources,
-    split_train_val,
+    split_point,
+    streamed_windows,
+    text_documents,
+    tokenize_corpus,
 )
 from ..synthetic_chat import make_synthetic_chat
 from .args import DataArguments, RunArguments, TrainingSetupError
@@ -45,13 +48,29 @@ class TrainingData:
 
 
 def read_sources(data: DataArguments, seed: int):
-    """(corpus text, conversations or None, held-out questions or None, description) from the chosen source."""
+    """(corpus, conversations or None, held-out questions or None, description) from the chosen source.
+
+    The corpus is a string for conversations, the chunks (`tinygpt.data.text_documents`, a datasets.Dataset)
+    for plain text, and None when streaming.
+    """
     if data.chat_file and (data.text_file or data.dataset_name):
         raise TrainingSetupError(
             "--chat_file trains a chat model and cannot be mixed with --text_file/--dataset_name; pick one."
         )
+    if data.streaming:
+        if data.text_file or not data.dataset_name or data.dataset_name == "tiny_shakespeare":
+            raise TrainingSetupError(
+                "--streaming reads a Hub or local dataset (--dataset_name) as it downloads; drop --streaming for "
+                "--text_file, tiny_shakespeare or conversations."
+            )
+        if data.tokenizer in ("char", "bpe"):
+            raise TrainingSetupError(
+                f"--streaming never holds the corpus, so --tokenizer {data.tokenizer} cannot be built from it; pass "
+                "--tokenizer gpt2 or a saved tokenizer folder."
+            )
+        return None, None, None, f"text: {data.dataset_name} (streamed)"
     if data.text_file or data.dataset_name:
-        corpus = read_text_sources(
+        documents = text_documents(
             text_files=data.text_file or None,
             dataset_name=data.dataset_name,
             dataset_config=data.dataset_config,
@@ -59,7 +78,7 @@ def read_sources(data: DataArguments, seed: int):
             dataset_split=data.dataset_split,
         )
         described = [Path(path).name for path in data.text_file] + ([data.dataset_name] if data.dataset_name else [])
-        return corpus, None, None, "text: " + ", ".join(described)
+        return documents, None, None, "text: " + ", ".join(described)
     if data.chat_file:
         conversations, heldout = read_conversations(data.chat_file), None
         described = f"conversations: {Path(data.chat_file).name}"
@@ -70,32 +89,65 @@ def read_sources(data: DataArguments, seed: int):
     return corpus, conversations, heldout, f"{described}, {len(conversations)} conversations"
 
 
-def token_window_data(run: RunArguments, tokenizer, block_size: int, corpus: str, description: str) -> TrainingData:
+def token_window_data(
+    run: RunArguments, tokenizer, block_size: int, documents: datasets.Dataset | None, description: str
+) -> TrainingData:
+    """Random windows of the tokenized chunks (None when streaming: read as the stream arrives)."""
     t = run.training
     if t.max_steps <= 0:
         raise TrainingSetupError("token-window training is counted in steps: pass --max_steps N (N > 0).")
-    ids = encode_text(tokenizer, corpus)  # (N,)
-    train_ids, val_ids = split_train_val(ids, val_fraction=run.data.val_fraction)
-    if len(val_ids) <= block_size < len(train_ids):  # TokenWindows would blame "the corpus" for it
+    if run.data.streaming:
+        return streamed_window_data(run, tokenizer, block_size, description)
+    with t.main_process_first(desc="tokenizing the corpus"):  # one process writes the cache, the others read it
+        tokens, reused = tokenize_corpus(tokenizer, documents)
+    stream = TokenStream(tokens)
+    if t.process_index == 0:
+        verb = "reusing" if reused else "wrote"
+        print(
+            f"{verb} {len(stream):,} tokens ({stream.pieces[0].dtype}) in datasets' cache: {tokens.cache_files[0]['filename']}"
+        )
+    n_train = split_point(len(stream), val_fraction=run.data.val_fraction)
+    n_val = len(stream) - n_train
+    if n_val <= block_size < n_train:  # TokenWindows would blame "the corpus" for it
         raise TrainingSetupError(
-            f"the validation split has {len(val_ids)} tokens but a context of {block_size} needs at least "
+            f"the validation split has {n_val} tokens but a context of {block_size} needs at least "
             f"{block_size + 1}; raise --val_fraction, pass more text, or a smaller --block_size."
         )
-    # The Trainer has one collator for training and evaluation, so it gathers from the whole stream on the
-    # device: training windows from its head, validation windows from its tail (their offsets shifted past
-    # the training tokens).
-    tokens = ids.to(t.device)
+    # The Trainer has one collator for training and evaluation, so it gathers from the whole stream: training
+    # windows from its head, validation windows from its tail (their offsets shifted past the training tokens).
+    tokens_on_device = t.device.type == "cuda" and 4 * len(stream) <= memory_bytes("cuda") // 16
+    source = stream.to_tensor().to(t.device) if tokens_on_device else stream
     windows_needed = t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * t.world_size
-    train_windows = TokenWindows(train_ids, block_size, num_windows=windows_needed, seed=t.seed)
-    val_windows = TokenWindows(val_ids, block_size, num_windows=run.data.eval_windows, seed=0)
-    eval_dataset = [{"offset": len(train_ids) + val_windows[i]["offset"]} for i in range(len(val_windows))]
+    train_windows = TokenWindows(n_train, block_size, num_windows=windows_needed, seed=t.seed)
+    val_windows = TokenWindows(n_val, block_size, num_windows=run.data.eval_windows, seed=0)
+    eval_dataset = [{"offset": n_train + val_windows[i]["offset"]} for i in range(len(val_windows))]
     return TrainingData(
-        description=f"{description} ({len(train_ids):,} training and {len(val_ids):,} validation tokens)",
+        description=f"{description} ({n_train:,} training and {n_val:,} validation tokens)",
         train_dataset=train_windows,
         eval_dataset=eval_dataset,
-        collator=WindowCollator(tokens, block_size),
+        collator=WindowCollator(source, block_size),
         tokens_per_example=block_size,
-        sample_prompt=val_ids[None, : min(16, block_size // 2)],
+        sample_prompt=stream.windows([n_train], min(16, block_size // 2)),
+        chat=False,
+    )
+
+
+def streamed_window_data(run: RunArguments, tokenizer, block_size: int, description: str) -> TrainingData:
+    """Consecutive windows of a streamed dataset, shuffled in a buffer. A stream has no known end, so nanoGPT's
+    last-10% split cannot be taken: its first --eval_windows windows validate and training starts after them."""
+    d, t = run.data, run.training
+    windows = streamed_windows(tokenizer, d.dataset_name, d.dataset_config, d.text_column, d.dataset_split, block_size)
+    eval_dataset = list(windows.take(d.eval_windows))
+    if not eval_dataset:
+        raise TrainingSetupError(f"--dataset_name {d.dataset_name} streams fewer than {block_size + 1} tokens.")
+    train_dataset = windows.skip(d.eval_windows).shuffle(seed=t.seed, buffer_size=10_000)
+    return TrainingData(
+        description=f"{description} ({len(eval_dataset):,} validation windows first, then training windows)",
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        collator=default_data_collator,
+        tokens_per_example=block_size,
+        sample_prompt=eval_dataset[0]["input_ids"][None, : min(16, block_size // 2)],
         chat=False,
     )
 

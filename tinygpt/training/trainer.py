@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
 from transformers import (
     AutoConfig,
     PreTrainedTokenizerBase,
@@ -237,8 +238,10 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     start_step = checkpoint_step(resume_from) if resume_from else 0
     # The Trainer would train one more step from a checkpoint at max_steps (on conversations): nothing to train.
     finished = resume_from is not None and 0 < args.max_steps <= start_step
-    corpus, conversations, heldout, description = read_sources(run.data, seed=args.seed)
-    model, tokenizer = model_and_tokenizer(run, corpus, resume_from)
+    with args.main_process_first(desc="reading the corpus"):  # one process fills datasets' cache, the rest read it
+        corpus, conversations, heldout, description = read_sources(run.data, seed=args.seed)
+    texts = corpus["text"] if isinstance(corpus, datasets.Dataset) else corpus  # chunks are read lazily, in batches
+    model, tokenizer = model_and_tokenizer(run, texts, resume_from)
     block_size = model.config.n_positions
     if conversations is None:  # every window is block_size tokens long: check that one fits before encoding
         check_context_fits(run, model.config)

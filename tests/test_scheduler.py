@@ -10,7 +10,8 @@ import pytest
 from tests.test_engine import N_POSITIONS, reference_sliding_greedy
 from tests.tiny_models import tiny_model
 from tinygpt import TinyGPTCharTokenizer
-from tinygpt.engine import Engine, Request, Scheduler, batch_buckets
+from tinygpt.engine import Engine, Request, batch_buckets
+from tinygpt.scheduler import Scheduler
 
 CORPUS = "the quick brown fox jumps over the lazy dog 0123456789"
 

@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
-from .engine import Engine, Request, Scheduler, settings_from
+from .engine import Engine, Request
+from .sampling import settings_from
+from .scheduler import Scheduler
 
 
 def message_text(content) -> str:

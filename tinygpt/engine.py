@@ -1,196 +1,46 @@
-"""The decoding engine: every text tinygpt writes comes out of `Engine` (chat and the app, `tinygpt generate`,
-the exam and the sample after training, the benchmarks).
+"""The decoding engine: every text tinygpt writes comes out of `Engine` (chat and the app, `tinygpt generate` and
+`serve`, the exam and the sample after training, the benchmarks).
 
 Why not `generate()`? For a 10M-parameter model the model is the cheap part: per token, `generate()` runs logits
 processors, stopping criteria and cache bookkeeping in Python, which costs far more than six small transformer
 layers. `generate()`, pipelines and streamers still work on the model (they are HF's own); this loop keeps only
 what a text needs and puts everything that decides how text is decoded in one object:
 
-- Slots. The engine holds one KV cache with `max_batch` rows (slots). Each request decodes in its own slot at its
-  own position; a decode step feeds every slot's newest token at once. Requests join (a prefill of their slot)
-  and leave (the slot is freed) between steps, so many requests share one batch. A request takes the lowest free
-  slot, and a step runs over the smallest batch bucket (1, 2, 4, ... max_batch rows) covering the live slots, so
-  one request alone costs what it did in an engine of one slot.
-- One loop, two drivers (`_decode`): `run()` decodes a list of requests in the caller's thread; a `Scheduler`
-  drives the same loop from its own thread for requests that arrive from many threads at any time (continuous
-  batching: the app and `tinygpt serve` share one batch). Between steps the loop drops cancelled requests, slides
-  full windows and admits new requests, up to one window of prompt tokens a turn, so a burst of long prompts
-  stalls the others by one window's prefill at most.
-- Sampling: temperature (0 = greedy), top-k and top-p per slot, held in device tensors (no host sync, no
-  recompile). `min_new_tokens` bans the stop tokens until then, as generate()'s MinNewTokensLength processor.
-  The randomness is a hash of (the request's seed, its token count, the vocabulary rank), not a generator's state:
-  a seeded request draws the same tokens whatever else shares its batch, and a CUDA graph replays it as it is.
-  A request without a seed takes one from torch's generator when it joins (so `torch.manual_seed` still repeats
-  a run).
-- Stops: a request ends at one of its stop tokens (not returned), at max_new_tokens, or when cancelled.
+- Slots: one KV cache with `max_batch` rows (tinygpt.slot_cache). Each request decodes in its own slot at its own
+  position; a step feeds every live slot's newest token at once, over the smallest batch bucket (1, 2, 4, ...)
+  covering them, so one request alone costs what it did in an engine of one slot.
+- One loop (`decode`), two drivers: `run()` decodes a list of requests in the caller's thread; a Scheduler
+  (tinygpt.scheduler) drives it from its own thread for requests arriving from many threads. Between steps the
+  loop drops cancelled requests, slides full windows and admits new requests, up to one window of prompt tokens
+  a turn, so a burst of long prompts stalls the others by one window's prefill at most.
+- Each request keeps its own sampling settings (tinygpt.sampling), stop tokens (not returned), max_new_tokens and
+  min_new_tokens (stop tokens banned until then, as generate()'s MinNewTokensLength processor).
 - The window: learned positions end at n_positions. A slot that fills it re-encodes its last 3/4 window
   (positions from 0 again) and goes on, as nanoGPT crops its context. This is the only sliding rule in tinygpt.
 - Placement and speed: `device="auto"` puts the model on a CUDA GPU in bf16 when there is one. On CUDA each step
-  is compiled and captured as a CUDA graph (one launch per token instead of a hundred kernel launches), and the
-  host queues the next step before reading the current token. There is one graph per batch bucket and step kind. On a CPU compiling is optional (`compile=True`);
-  inductor then turns each one-row matrix product into a fused multiply-and-sum. `int8_weights=True` (CPU only)
-  decodes with an int8-weight copy of the model (tinygpt.quantization), small enough to stay in the CPU's cache.
-- The model is TinyGPT's own `forward`: the engine passes a cache of its own (`SlotCache`) through the same
-  `cache.update(k, v, layer_idx)` contract as transformers' caches, with positions and a mask it builds itself,
-  so its greedy tokens are those of `generate()` inside the window (tests check it).
+  is compiled and captured as a CUDA graph, one per batch bucket and step kind, and the host queues the next step
+  before reading the current token. On a CPU compiling is optional (`compile=True`: inductor turns each one-row
+  matrix product into a fused multiply-and-sum); `int8_weights=True` decodes with an int8-weight copy of the
+  model (tinygpt.quantization), small enough to stay in the CPU's cache.
+- The model runs its own `forward`, handed the slot cache through the `cache.update(k, v, layer_idx)` contract
+  of transformers' caches, with positions and a mask built here, so its greedy tokens are those of `generate()`
+  inside the window (tests check it).
 """
 
-import asyncio
 import functools
 import heapq
-import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, nullcontext
-from dataclasses import dataclass, field
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .quantization import int8_weight_copy
-
-
-@dataclass
-class Request:
-    """One text to continue: prompt token ids and how to decode after them."""
-
-    prompt_ids: Sequence[int]
-    max_new_tokens: int = 256
-    min_new_tokens: int = 0  # stop tokens are banned until this many new tokens
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int | None = None  # None / 0: no top-k filter
-    top_p: float | None = None  # None / 1: no nucleus filter
-    stop_ids: Sequence[int] = ()
-    seed: int | None = None  # the sampling noise's seed (None: one from torch's generator)
-
-    def __post_init__(self):
-        if len(self.prompt_ids) == 0:
-            raise ValueError("Engine: the prompt is empty; pass at least one token (e.g. the <BOS> id).")
-        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
-            raise ValueError("Engine: max_new_tokens and min_new_tokens must be 0 or more.")
-        if self.temperature < 0:
-            raise ValueError(f"Engine: temperature must be 0 (greedy) or more, got {self.temperature}.")
-
-
-def sliding_context_length(sequence_length: int, window: int) -> int:
-    """How many of the latest tokens to encode before generating more: all of them while there is room in the
-    window for another token, else the last 3/4 of the window (more kept, more re-encoding per slide)."""
-    return sequence_length if sequence_length < window else max(1, window * 3 // 4)
-
-
-def _int64(constant: int) -> int:
-    """A 64-bit constant as the signed value an int64 tensor holds (its arithmetic wraps around)."""
-    return constant - (1 << 64) if constant >= 1 << 63 else constant
-
-
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """A logical right shift of int64 values (torch's >> keeps the sign)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def sampling_noise(seeds: torch.Tensor, counters: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(B, 1) int64 seeds and counters -> (B, V) draws of Exp(1), a function of (seed, counter, rank) alone.
-
-    MurmurHash3's 64-bit finalizer mixes the three into 24 uniform bits per entry; the uniform lies strictly
-    inside (0, 1), so every draw is finite and positive."""
-    rank = torch.arange(vocab_size, device=seeds.device)  # (V,)
-    x = seeds * _int64(0x9E3779B97F4A7C15) + counters * _int64(0xC2B2AE3D27D4EB4F) + rank  # (B, V)
-    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
-        x = (x ^ _shift_right(x, 33)) * _int64(multiplier)
-    x = x ^ _shift_right(x, 33)
-    uniform = (_shift_right(x, 40).float() + 0.5) / (1 << 24)
-    return -uniform.log()
-
-
-def sample_next_token(logits, temperature, top_k, top_p, seeds, counters):
-    """(B, V) float logits -> (B, 1) token ids, with every knob a (B, 1) tensor (no host syncs, no recompiles).
-
-    temperature <= 0 means greedy; top_k >= V and top_p >= 1 switch those filters off. `seeds` and `counters`
-    ((B, 1) int64) pick the noise: the same pair draws the same way.
-    """
-    greedy = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-    sorted_logits, sorted_ids = logits.sort(dim=-1, descending=True)  # (B, V)
-    probs = torch.softmax(sorted_logits / temperature.clamp_min(1e-5), dim=-1)
-    rank = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
-    mass_above = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
-    keep = (rank < top_k) & (mass_above < top_p)  # the top token always survives
-    # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's host sync.
-    noise = sampling_noise(seeds, counters, logits.shape[-1])
-    sampled = sorted_ids.gather(-1, (probs * keep / noise).argmax(dim=-1, keepdim=True))
-    return torch.where(temperature <= 0, greedy, sampled)
-
-
-class SlotCache:
-    """A KV cache with one row (slot) per request: (slots, n_head, window, head_dim) keys and values per layer.
-
-    The model only ever calls `update(k, v, layer_idx)` on a cache, so what it is handed is a view that says how
-    this forward writes: a decode step over the first `rows` slots (`decoding`) or the prefill of one slot
-    (`prefilling`).
-    """
-
-    def __init__(self, config, slots: int, window: int, device, dtype):
-        shape = (slots, config.n_head, window, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-
-    def decoding(self, positions: torch.Tensor) -> "_DecodeWrites":
-        return _DecodeWrites(self, positions)
-
-    def prefilling(self, slot: torch.Tensor) -> "_PrefillWrites":
-        return _PrefillWrites(self, slot)
-
-
-class _DecodeWrites:
-    """A decode step: each of the first `rows` slots writes its one new token at its own position, and attends its
-    whole row."""
-
-    def __init__(self, cache: SlotCache, positions: torch.Tensor):
-        self.cache, self.positions = cache, positions  # positions (rows,)
-
-    def update(self, k, v, layer_idx):
-        """k, v (rows, nh, 1, hs) -> those slots' cache (rows, nh, window, hs)."""
-        rows = k.shape[0]
-        keys, values = self.cache.keys[layer_idx][:rows], self.cache.values[layer_idx][:rows]
-        where = self.positions.view(-1, 1, 1, 1).expand_as(k)  # (rows, nh, 1, hs)
-        keys.scatter_(2, where, k.to(keys.dtype))  # (under autocast k and v may come in another dtype)
-        values.scatter_(2, where, v.to(values.dtype))
-        return keys, values
-
-
-class _PrefillWrites:
-    """The prefill of one slot: its context from position 0, so the keys it attends are exactly the new ones."""
-
-    def __init__(self, cache: SlotCache, slot: torch.Tensor):
-        self.cache, self.slot = cache, slot  # slot (1,)
-
-    def get_seq_length(self) -> int:
-        return 0  # the model asks where the new tokens go: a prefill starts at 0
-
-    def update(self, k, v, layer_idx):
-        """k, v (1, nh, T, hs), stored in the slot's row, and returned as they are."""
-        keys, values, T = self.cache.keys[layer_idx], self.cache.values[layer_idx], k.shape[2]
-        keys[self.slot, :, :T] = k.to(keys.dtype)
-        values[self.slot, :, :T] = v.to(values.dtype)
-        return k, v
-
-
-@dataclass(eq=False)
-class _Live:
-    """A request in the loop, as the host sees it."""
-
-    request: Request
-    cancelled: Callable[[], bool]  # true once its caller gave up on it
-    index: int = 0  # its place in a run's list
-    tokens: list[int] = field(default_factory=list)  # prompt + what was read so far (the context a slide re-encodes)
-    position: int = 0  # where the slot's newest token (on the device) will be fed
-    queued: int = 0  # new tokens computed so far, read or not
-    produced: int = 0  # new tokens read
-    finished: bool = False
-    deliver: Callable | None = None  # where a Scheduler sends its tokens
-
-    def __post_init__(self):
-        self.tokens = self.tokens or list(self.request.prompt_ids)
+from .request import Live, Request, sliding_context_length
+from .sampling import sample_next_token
+from .slot_cache import SlotCache
 
 
 def resolve_placement(model, device, dtype, int8_weights: bool):
@@ -406,7 +256,7 @@ class Engine:
 
     # -- the host loop ----------------------------------------------------------------------------------------
 
-    def _prefill(self, slot: int, live: _Live) -> int:
+    def _prefill(self, slot: int, live: Live) -> int:
         """Encode a slot's context (the latest tokens, slid to fit the window) and draw its next token; returns the
         context's length."""
         context = live.tokens[-sliding_context_length(len(live.tokens), self.window) :]
@@ -417,7 +267,7 @@ class Engine:
         live.position, live.queued = len(context), live.queued + 1
         return len(context)
 
-    def _admit(self, slot: int, live: _Live) -> int:
+    def _admit(self, slot: int, live: Live) -> int:
         request, V = live.request, self.config.vocab_size
         self.temperature[slot] = request.temperature
         self.top_k[slot] = request.top_k if request.top_k and request.top_k > 0 else V
@@ -442,28 +292,28 @@ class Engine:
             raise RuntimeError("Engine: it is already decoding; give each thread its own engine, or use a Scheduler.")
         cancelled = cancelled or (lambda index: False)
         waiting = deque(
-            _Live(request, functools.partial(cancelled, index), index)
+            Live(request, functools.partial(cancelled, index), index)
             for index, request in enumerate(requests)
             if request.max_new_tokens > 0
         )
         try:
-            for entry, token in self._decode(lambda idle: waiting.popleft() if waiting else None):
+            for entry, token in self.decode(lambda idle: waiting.popleft() if waiting else None):
                 if token is not None:
                     yield entry.index, token
         finally:
             self.busy.release()
 
     @torch.no_grad()
-    def _decode(self, take: Callable[[bool], _Live | None]) -> Iterator[tuple[_Live, int | None]]:
+    def decode(self, take: Callable[[bool], Live | None]) -> Iterator[tuple[Live, int | None]]:
         """The batch loop: requests that `take` hands over join free slots between steps; every step decodes all live
         slots. Yields (request, token) as tokens are read and (request, None) when a request ends (done, stopped or
         cancelled). `take(idle)` returns the next request or None; `idle` says that nothing is decoding, and None
         then ends the loop. The caller holds `busy`."""
         free = list(range(self.max_batch))  # a heap: the lowest free slot first, so live slots stay packed low
-        live: dict[int, _Live] = {}
-        copies: deque[tuple[object, dict[int, _Live]]] = deque()  # tokens on their way to the host, oldest first
+        live: dict[int, Live] = {}
+        copies: deque[tuple[object, dict[int, Live]]] = deque()  # tokens on their way to the host, oldest first
 
-        def leave(slot: int) -> _Live:
+        def leave(slot: int) -> Live:
             entry = live.pop(slot)
             entry.finished = True
             heapq.heappush(free, slot)
@@ -546,114 +396,4 @@ class Engine:
             )
 
 
-class Scheduler:
-    """Continuous batching for many threads: one thread of its own drives an Engine's loop, and requests submitted
-    from any thread join the batch between steps and leave it when they end or are cancelled.
-
-    While no request is decoding the thread waits (and the engine is free for its own `run`).
-    """
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self._submitted: queue.SimpleQueue[_Live | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="tinygpt-scheduler", daemon=True)
-        self._thread.start()
-
-    def submit(self, request: Request, deliver: Callable[[int | None | Exception], None]) -> Callable[[], None]:
-        """Queue `request`; `deliver` is called from the scheduler's thread with each token id, then None at the end
-        (or the exception that ended it). Returns `cancel`, which ends the request before its next token."""
-        cancelled = threading.Event()
-        self._submitted.put(_Live(request, cancelled.is_set, deliver=deliver))
-        return cancelled.set
-
-    def stream(self, request: Request, stop_event: threading.Event | None = None) -> Iterator[int]:
-        """The request's token ids as they come, in the caller's thread; closing the stream (or setting
-        `stop_event`) cancels it."""
-        tokens: queue.SimpleQueue = queue.SimpleQueue()
-        cancel = self.submit(request, tokens.put)
-        try:
-            while (token := tokens.get()) is not None and not (stop_event is not None and stop_event.is_set()):
-                if isinstance(token, Exception):
-                    raise token
-                yield token
-        finally:
-            cancel()
-
-    async def astream(self, request: Request) -> AsyncIterator[int]:
-        """As `stream`, for asyncio: the tokens come through the running loop; cancelling the task cancels the
-        request."""
-        loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
-        cancel = self.submit(request, lambda token: loop.call_soon_threadsafe(tokens.put_nowait, token))
-        try:
-            while (token := await tokens.get()) is not None:
-                if isinstance(token, Exception):
-                    raise token
-                yield token
-        finally:
-            cancel()
-
-    def close(self) -> None:
-        """End the scheduler's thread once the requests it holds are done."""
-        self._submitted.put(None)
-        self._thread.join()
-
-    def _serve(self) -> None:
-        while (first := self._submitted.get()) is not None and self._turn(first):
-            pass
-
-    def _turn(self, first: _Live) -> bool:
-        """Decode `first` and whatever joins it until nothing is live; False once close() was asked."""
-        pending, taken, open_ = [first], set(), [True]  # taken: requests in the loop and not yet ended
-
-        def take(idle: bool) -> _Live | None:
-            try:
-                entry = pending.pop() if pending else self._submitted.get_nowait()
-            except queue.Empty:
-                return None
-            if entry is None:  # close(): finish what is live, then stop
-                open_[0] = False
-                return None
-            taken.add(entry)
-            return entry
-
-        with self.engine.busy:
-            try:
-                for entry, token in self.engine._decode(take):
-                    if token is None:
-                        taken.discard(entry)
-                    self._deliver(entry, token)
-            except Exception as error:  # the engine failed: every request it held hears why
-                for entry in taken:
-                    self._deliver(entry, error)
-        return open_[0]
-
-    @staticmethod
-    def _deliver(entry: _Live, token) -> None:
-        try:
-            entry.deliver(token)
-        except RuntimeError:  # the caller's event loop is closed: nobody listens any more
-            pass
-
-
-def settings_from(generation_config) -> dict:
-    """Request settings from a model's generation_config (what train.py saves): sampling or greedy, top-k/p, length."""
-    sampling = bool(generation_config.do_sample)
-    return dict(
-        temperature=float(generation_config.temperature or 1.0) if sampling else 0.0,
-        top_k=generation_config.top_k if sampling else None,
-        top_p=generation_config.top_p if sampling else None,
-        max_new_tokens=generation_config.max_new_tokens or 256,
-    )
-
-
-__all__ = [
-    "Engine",
-    "Request",
-    "Scheduler",
-    "SlotCache",
-    "batch_buckets",
-    "sample_next_token",
-    "sampling_noise",
-    "settings_from",
-    "sliding_context_length",
-]
+__all__ = ["Engine", "Request", "batch_buckets"]  # Request (tinygpt.request) is what Engine takes

@@ -39,9 +39,9 @@ import gradio as gr  # noqa: E402
 from huggingface_hub import constants  # noqa: E402
 
 from .chat import ChatModel, DecodingOptions  # noqa: E402
-from .engine import settings_from  # noqa: E402
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
+from .sampling import settings_from  # noqa: E402
 from .serving import host_check, openai_router  # noqa: E402
 from .space import space_url  # noqa: E402
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..engine import Engine, Request, settings_from
+from ..engine import Engine, Request
 from ..model_card import model_card as card_for
+from ..sampling import settings_from
 from ..synthetic_chat import exact_match
 from .args import RunArguments
 from .corpus import TrainingData

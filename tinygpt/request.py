@@ -1,0 +1,54 @@
+"""What the engine decodes: a `Request` (a prompt and how to decode after it), its state in the loop (`Live`), and
+the one rule for its context once the window is full (`sliding_context_length`)."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Request:
+    """One text to continue: prompt token ids and how to decode after them."""
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0  # stop tokens are banned until this many new tokens
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None  # None / 0: no top-k filter
+    top_p: float | None = None  # None / 1: no nucleus filter
+    stop_ids: Sequence[int] = ()
+    seed: int | None = None  # the sampling noise's seed (None: one from torch's generator)
+
+    def __post_init__(self):
+        if len(self.prompt_ids) == 0:
+            raise ValueError("Engine: the prompt is empty; pass at least one token (e.g. the <BOS> id).")
+        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
+            raise ValueError("Engine: max_new_tokens and min_new_tokens must be 0 or more.")
+        if self.temperature < 0:
+            raise ValueError(f"Engine: temperature must be 0 (greedy) or more, got {self.temperature}.")
+
+
+def sliding_context_length(sequence_length: int, window: int) -> int:
+    """How many of the latest tokens to encode before generating more: all of them while there is room in the
+    window for another token, else the last 3/4 of the window (more kept, more re-encoding per slide)."""
+    return sequence_length if sequence_length < window else max(1, window * 3 // 4)
+
+
+@dataclass(eq=False)
+class Live:
+    """A request in the loop, as the host sees it."""
+
+    request: Request
+    cancelled: Callable[[], bool]  # true once its caller gave up on it
+    index: int = 0  # its place in a run's list
+    tokens: list[int] = field(default_factory=list)  # prompt + what was read so far (the context a slide re-encodes)
+    position: int = 0  # where the slot's newest token (on the device) will be fed
+    queued: int = 0  # new tokens computed so far, read or not
+    produced: int = 0  # new tokens read
+    finished: bool = False
+    deliver: Callable | None = None  # where a Scheduler sends its tokens
+
+    def __post_init__(self):
+        self.tokens = self.tokens or list(self.request.prompt_ids)
+
+
+__all__ = ["Live", "Request", "sliding_context_length"]

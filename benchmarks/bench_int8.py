@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-from tinygpt.data import encode_text, split_train_val  # noqa: E402
 from tinygpt.engine import Engine  # noqa: E402
 from tinygpt.quantization import int8_weight_copy  # noqa: E402
+from tinygpt.token_stream import encode_text, split_train_val  # noqa: E402
 
 
 def parse_args():

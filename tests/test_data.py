@@ -13,19 +13,21 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from tinygpt import SPECIAL_TOKENS, data
+from tinygpt import SPECIAL_TOKENS, data, token_stream
 from tinygpt.data import (
     DataError,
+    conversation_dataset,
+    encode_conversation,
+    read_conversations,
+    streamed_windows,
+    text_documents,
+)
+from tinygpt.token_stream import (
     TokenStream,
     TokenWindows,
     WindowCollator,
-    conversation_dataset,
-    encode_conversation,
     encode_text,
-    read_conversations,
     split_train_val,
-    streamed_windows,
-    text_documents,
     token_dtype,
     tokenize_corpus,
 )
@@ -276,7 +278,7 @@ def test_a_corpus_is_tokenized_once_and_reused_from_the_cache(tmp_path, monkeypa
     def tokenizing_again(*args, **kwargs):
         raise AssertionError("tokenized again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_encode_rows", tokenizing_again)
+    monkeypatch.setattr(token_stream, "_encode_rows", tokenizing_again)
     again, reused = tokenize_corpus(tokenizer, text_documents([str(path)]))
     assert reused and again.cache_files == tokens.cache_files
     path.write_text(CORPUS * 51, encoding="utf-8")  # an edited file is a new cache key

@@ -17,18 +17,9 @@ import datasets
 import torch
 from transformers import DataCollatorForSeq2Seq, default_data_collator
 
-from ..data import (
-    TokenStream,
-    TokenWindows,
-    WindowCollator,
-    conversation_dataset,
-    read_conversations,
-    split_point,
-    streamed_windows,
-    text_documents,
-    tokenize_corpus,
-)
+from ..data import conversation_dataset, read_conversations, streamed_windows, text_documents
 from ..synthetic_chat import make_synthetic_chat
+from ..token_stream import TokenStream, TokenWindows, WindowCollator, split_point, tokenize_corpus
 from .args import DataArguments, RunArguments, TrainingSetupError
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from transformers.utils import logging as transformers_logging
 from .chat import ChatModel, DecodingOptions, text_pieces
 from .engine import Engine
 from .export import DTYPES, FORMATS, ExportError, export_model
-from .hub import HubError, is_offline, local_model_folder, pull_model, push_model, validate_repo_id
-from .loading import ModelLoadError, load_model_and_tokenizer
+from .hub import HubError, is_offline, pull_model, push_model, validate_repo_id
+from .loading import ModelLoadError, load, model_folder
 from .space import space_url
 
 EXIT_WORDS = ("exit", "quit")
@@ -199,7 +199,7 @@ def run_chat(args: argparse.Namespace) -> int:
     """Chat with a model in the terminal. Replies stream as they are generated; the whole conversation is the
     context of each reply (the oldest turns drop out when it outgrows the model's window). Type exit or quit
     (or press Ctrl-D) to end; Ctrl-C stops a reply."""
-    chat_model = ChatModel(*load(args.model), DecodingOptions(compile=args.compile, int8_weights=args.int8))
+    chat_model = ChatModel(*load_quietly(args.model), DecodingOptions(compile=args.compile, int8_weights=args.int8))
     chat_model.warm_up()
     print(f"Chatting with {args.model}. Type exit or quit to end; Ctrl-C stops a reply.", flush=True)
     messages = []
@@ -232,7 +232,7 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     """Continue a plain text (no chat template), printing the new text as it is generated, then
     `N tokens in S s (R tok/s)` on stderr. Past the model's window the context slides (its last 3/4 is kept)."""
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_quietly(args.model)
     engine = Engine(model, device="auto", compile=args.compile, int8_weights=args.int8)
     if engine.compiled:
         print("compiling decoding (the first time takes a while; it is cached after)...", file=sys.stderr, flush=True)
@@ -267,7 +267,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .serving import create_app, serve  # fastapi and uvicorn come with the app extra (gradio)
 
     options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
-    chat_model = ChatModel(*load(args.model), options)
+    chat_model = ChatModel(*load_quietly(args.model), options)
     chat_model.warm_up()
     app = create_app({args.model: chat_model}, api_key=args.api_key, host=args.host, allowed_hosts=args.allowed_host)
     key = "with an API key" if args.api_key else "no API key"
@@ -319,16 +319,15 @@ def run_export(args: argparse.Namespace) -> int:
     model card; it loads in stock transformers without remote code, and in vLLM and TGI. gguf: one .gguf file
     (architecture gpt2, byte-level BPE, the chat template) for llama.cpp and ollama, in f16 or f32."""
     dtype = args.dtype or ("f16" if args.format == "gguf" else "f32")
-    out = export_model(local_model_folder(args.model), args.out, format=args.format, dtype=dtype)
+    out = export_model(model_folder(args.model), args.out, format=args.format, dtype=dtype)
     print(f"exported {args.model} as {args.format} ({dtype}) to {out}")
     return 0
 
 
-def load(model: str):
-    """(model, tokenizer) from a folder, or from a Hub repo pulled into the cache first."""
-    folder = local_model_folder(model)
-    transformers_logging.disable_progress_bar()  # a "Loading weights" bar would only clutter the conversation
-    return load_model_and_tokenizer(folder)
+def load_quietly(model: str):
+    """tinygpt.loading.load without transformers' "Loading weights" bar, which would only clutter the terminal."""
+    transformers_logging.disable_progress_bar()
+    return load(model)
 
 
 # -- argument types: a bad value is argparse's one-line usage error -----------------------------------------------

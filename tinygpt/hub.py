@@ -210,19 +210,6 @@ def is_offline() -> bool:
     return constants.is_offline_mode()
 
 
-def local_model_folder(name_or_path, *, revision: str | None = None, token: str | None = None) -> Path:
-    """A model's folder: `name_or_path` itself if it is a folder, else the Hub repo it names, pulled into the cache."""
-    if Path(name_or_path).is_dir():
-        return Path(name_or_path)
-    try:
-        validate_repo_id(str(name_or_path))
-    except HubError:
-        raise HubError(
-            f"{name_or_path} is neither a model folder nor a Hub repo id (owner/name): check the path."
-        ) from None
-    return pull_model(str(name_or_path), revision=revision, token=token)
-
-
 def _check_model_dir(model_dir: Path) -> TinyGPTConfig:
     if not model_dir.is_dir():
         raise HubError(f"{model_dir} is not a folder: pass the folder the model was saved to (save_pretrained).")
@@ -367,7 +354,6 @@ __all__ = [
     "HubError",
     "MODEL_FILES",
     "is_offline",
-    "local_model_folder",
     "pull_model",
     "push_model",
     "validate_repo_id",

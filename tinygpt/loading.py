@@ -1,4 +1,7 @@
-"""Load a saved TinyGPT model and its tokenizer, turning every way a folder can be broken into one clear line.
+"""The one loader: `load(source)` takes a model folder or a Hub repo id (pulled into the cache first, through
+tinygpt.hub) and returns a checked (model, tokenizer); every command and the app load through it.
+
+It turns every way a folder can be broken into one clear line.
 
 `from_pretrained` already does the loading; this module only checks first what it would otherwise report as
 a traceback from deep inside safetensors, a size-mismatch table or a "MISSING" report over random weights: a
@@ -12,6 +15,7 @@ No code from a folder ever runs: the installed TinyGPT classes do the loading, a
 
 import json
 import os
+from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -146,6 +150,24 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
         raise ModelLoadError(f"{name_or_path}: no usable tokenizer ({str(error).splitlines()[0]})") from error
     check_tokenizer_fits(tokenizer, config, name_or_path)
     return model, tokenizer
+
+
+def model_folder(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """The folder of `source`: itself if it is a folder, else the Hub repo it names, pulled into the HF cache."""
+    from .hub import HubError, pull_model, validate_repo_id  # here: tinygpt.hub itself uses this module's checks
+
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        validate_repo_id(str(source))
+    except HubError:
+        raise HubError(f"{source} is neither a model folder nor a Hub repo id (owner/name): check the path.") from None
+    return pull_model(str(source), revision=revision, token=token)
+
+
+def load(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None):
+    """(model, tokenizer) from a model folder or a Hub repo id, checked; raises ModelLoadError or HubError."""
+    return load_model_and_tokenizer(model_folder(source, revision=revision, token=token))
 
 
 def check_tokenizer_fits(tokenizer, config: TinyGPTConfig, where: str | os.PathLike = "model") -> None:

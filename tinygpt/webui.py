@@ -27,8 +27,8 @@ the dropdown takes typed values).
 - Files: Gradio may serve only --models_dir (and the --model folder), where loss.png files live.
 """
 
+import argparse
 import functools
-import json
 import os
 import sys
 import threading
@@ -36,127 +36,26 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
-from huggingface_hub import constants  # noqa: E402
 
-from .chat import ChatModel, DecodingOptions  # noqa: E402
-from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id  # noqa: E402
-from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
-from .sampling import settings_from  # noqa: E402
+from .app_models import (  # noqa: E402
+    chat_controls,
+    chat_model,
+    describe_model,
+    load_local,
+    local_models,
+    open_model,
+    pull_and_load,
+    push,
+)
+from .chat import DecodingOptions  # noqa: E402
+from .cli import add_decoding_arguments, add_server_arguments, check_decoding_arguments  # noqa: E402
+from .hub import HubError  # noqa: E402
+from .loading import ModelLoadError  # noqa: E402
 from .serving import host_check, openai_router  # noqa: E402
-from .space import space_url  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
 REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
 QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
-METRICS_FILES = ("metrics.json", "all_results.json", "eval_results.json")  # train.py's, then the Trainer's
-LOSS_KEYS = ("val_loss", "eval_loss")
-
-
-# -- models ---------------------------------------------------------------------------------------------------
-
-
-def local_models(models_dir: str | os.PathLike) -> list[str]:
-    """Folders holding a config.json: `models_dir` itself and its direct subfolders (not symlinks out), sorted."""
-    root = Path(models_dir)
-    if not root.is_dir():
-        return []
-    candidates = [root, *sorted(path for path in root.iterdir() if path.is_dir())]
-    return [str(path) for path in candidates if _model_folder_inside(path, root) is not None]
-
-
-def local_choice_folder(choice, models_dir: str | os.PathLike) -> str:
-    """The folder a local model choice names, if it lies inside `models_dir` (symlinks resolved) and holds
-    config.json; else ModelLoadError, with the same message whatever the reason (no existence oracle).
-
-    A choice is a path as local_models lists it (relative to the working directory, or absolute), or a name
-    inside `models_dir`."""
-    root = Path(models_dir)
-    if isinstance(choice, str) and choice.strip() and "\0" not in choice:
-        for candidate in (Path(choice.strip()), root / choice.strip()):
-            folder = _model_folder_inside(candidate, root)
-            if folder is not None:
-                return str(folder)
-    raise ModelLoadError(f"choose one of the model folders in {models_dir} (a folder there holding config.json).")
-
-
-def _model_folder_inside(path: Path, root: Path) -> Path | None:
-    """`path` resolved, if it is `root` or inside it (both resolved) and holds a config.json; else None."""
-    try:
-        folder, root = path.resolve(), root.resolve()
-        inside = folder == root or folder.is_relative_to(root)
-        return folder if inside and (folder / "config.json").is_file() else None
-    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name too long, ...
-        return None
-
-
-def open_model(source: str, revision: str | None = None, token: str | None = None) -> str:
-    """The local folder of `source`: a folder as is, a Hub repo id pulled first. Raises HubError / ModelLoadError."""
-    folder = str(local_model_folder(source, revision=revision, token=token))
-    load_model(folder)  # fail now, with the reason, rather than at the first chat message
-    return folder
-
-
-def load_model(folder: str):
-    """(model, tokenizer) of a folder, from the cache while its weights file is unchanged."""
-    weights = Path(folder) / "model.safetensors"
-    return _load_cached(folder, weights.stat().st_mtime_ns if weights.is_file() else 0)
-
-
-@functools.lru_cache(maxsize=3)
-def _load_cached(folder: str, weights_mtime_ns: int):
-    # Keyed by the weights' mtime too: a folder retrained while the app runs is read again.
-    return load_model_and_tokenizer(folder)
-
-
-def chat_model(folder: str, options: DecodingOptions) -> ChatModel:
-    """The folder's model ready to chat with these options (placed on first use), from the cache."""
-    weights = Path(folder) / "model.safetensors"
-    return _chat_model_cached(folder, weights.stat().st_mtime_ns if weights.is_file() else 0, options)
-
-
-@functools.lru_cache(maxsize=3)
-def _chat_model_cached(folder: str, weights_mtime_ns: int, options: DecodingOptions) -> ChatModel:
-    return ChatModel(*_load_cached(folder, weights_mtime_ns), options)
-
-
-def chat_controls(folder: str | None) -> tuple[float, int, float, int]:
-    """The chat controls' first values (temperature, top-k, top-p, max new tokens): the model's generation_config,
-    so a model trained to answer greedily opens at temperature 0."""
-    if folder is None:
-        return 0.8, 0, 1.0, 256
-    settings = settings_from(load_model(folder)[0].generation_config)
-    return settings["temperature"], settings["top_k"] or 0, settings["top_p"] or 1.0, settings["max_new_tokens"]
-
-
-def read_eval_loss(folder: str | os.PathLike) -> float | None:
-    """The validation loss a training run recorded beside its model, if any."""
-    for name in METRICS_FILES:
-        try:
-            metrics = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for key in LOSS_KEYS:
-            if isinstance(metrics, dict) and isinstance(metrics.get(key), (int, float)):
-                return float(metrics[key])
-    return None
-
-
-def describe_model(folder: str | None) -> tuple[str, str | None]:
-    """(Markdown summary, loss.png path or None) of a loaded model folder."""
-    if folder is None:
-        return "No model loaded: choose a local model or pull one from the Hub.", None
-    model, tokenizer = load_model(folder)
-    config = model.config
-    eval_loss = read_eval_loss(folder)
-    lines = [
-        f"**{folder}**",
-        f"- parameters: {model.num_parameters():,}",
-        f"- context: {config.n_positions} tokens; {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide",
-        f"- tokenizer: {type(tokenizer).__name__}, {len(tokenizer):,} tokens (vocab size {config.vocab_size:,})",
-        f"- eval loss: {eval_loss:.4f}" if eval_loss is not None else "- eval loss: not recorded",
-    ]
-    loss_plot = Path(folder) / "loss.png"
-    return "\n".join(lines), str(loss_plot) if loss_plot.is_file() else None
 
 
 # -- the page -------------------------------------------------------------------------------------------------
@@ -351,96 +250,6 @@ def chat(message, history, system_prompt, temperature, top_k, top_p, max_new_tok
     )
 
 
-def load_local(choice: str | None, models_dir: str | os.PathLike = "runs"):
-    """Load button: (session model, status, info, loss plot, the 4 chat controls). Only folders inside `models_dir`."""
-    if not choice:
-        return _unchanged("Choose a model folder first.")
-
-    def open_local():
-        folder = local_choice_folder(choice, models_dir)
-        load_model(folder)  # fail now, with the reason, rather than at the first chat message
-        return folder
-
-    return _show_opened(open_local, f"Loaded {choice}.")
-
-
-def pull_and_load(repo_id: str, revision: str, token: str, allow_server_token: bool = False):
-    """Pull button: (session model, status, info, loss plot, the 4 chat controls, cleared token box). Hub repo ids
-    only."""
-    repo_id, revision = _text(repo_id), _text(revision) or None
-    if not repo_id:
-        return *_unchanged("Enter a Hub repo id (owner/name) first."), ""
-
-    def pull_and_open():
-        folder = str(
-            pull_model(validate_repo_id(repo_id), revision=revision, token=_visitor_token(token, allow_server_token))
-        )
-        load_model(folder)
-        return folder
-
-    pulled = _show_opened(pull_and_open, f"Pulled and loaded {repo_id}" + (f" at {revision}." if revision else "."))
-    return *pulled, ""
-
-
-def _text(value) -> str:
-    """A textbox's value, stripped; "" for None or anything else that an API caller may send."""
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _visitor_token(token, allow_server_token: bool) -> str | bool | None:
-    """The token a visitor typed; if blank, no token at all (False), or None (the server's) when allowed."""
-    return _text(token) or (None if allow_server_token else False)
-
-
-def _unchanged(status: str) -> tuple:
-    """The Model tab's outputs when nothing was opened: only the status changes."""
-    return gr.skip(), status, *[gr.skip()] * 6
-
-
-def _show_opened(opener, success: str):
-    try:
-        folder = opener()
-    except (HubError, ModelLoadError) as error:
-        return _unchanged(f"Error: {error}")
-    info, loss_plot = describe_model(folder)
-    return folder, success, info, gr.Image(loss_plot, visible=loss_plot is not None), *chat_controls(folder)
-
-
-def push(
-    model_folder: str | None,
-    repo_id: str,
-    token: str,
-    private: bool,
-    commit_message: str,
-    space_id: str = "",
-    allow_server_token: bool = False,
-):
-    """Push button: (status, cleared token box). A blank token is an error unless `allow_server_token`; a Space id
-    also publishes a demo Space (tinygpt push --space)."""
-    if model_folder is None:
-        return "Error: no model loaded; load one in the Model tab first.", ""
-    token = _visitor_token(token, allow_server_token)
-    if token is False:
-        return "Error: enter a Hub token with write access to push (this server never pushes with its own).", ""
-    try:
-        url = push_model(
-            model_folder,
-            _text(repo_id),
-            token=token,
-            private=bool(private),
-            commit_message=_text(commit_message) or None,
-            space_id=_text(space_id) or None,
-        )
-    except HubError as error:
-        return f"Error: {error}", ""
-    if _text(space_id):
-        return (
-            f"Pushed {model_folder} to {url} and created the Space {space_url(_text(space_id), constants.ENDPOINT)}",
-            "",
-        )
-    return f"Pushed {model_folder} to {url}", ""
-
-
 def launch(
     model: str | None = None,
     models_dir: str = "runs",
@@ -494,13 +303,42 @@ def launch(
     )
 
 
-__all__ = [
-    "build_app",
-    "describe_model",
-    "launch",
-    "load_model",
-    "local_choice_folder",
-    "local_models",
-    "open_model",
-    "read_eval_loss",
-]
+def main(argv: list[str] | None = None) -> int:
+    """`python app.py`: parse the flags and serve; what a user can get wrong is one line on stderr, exit 1."""
+    parser = argparse.ArgumentParser(prog="app.py", description="Chat with a TinyGPT model in the browser.")
+    parser.add_argument(
+        "--model", default=None, help="model folder or Hub repo id (default: the first in --models_dir)"
+    )
+    parser.add_argument("--models_dir", default="runs", help="folder whose subfolders are offered as models")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    parser.add_argument(
+        "--allow_server_token",
+        action="store_true",
+        help="let a blank token box in the page use this server's HF_TOKEN / `hf auth login` token (default: never; "
+        "with it, every visitor can push and read private repos as you)",
+    )
+    add_server_arguments(parser, default_port=7860)
+    add_decoding_arguments(parser)
+    args = parser.parse_args(argv)
+    check_decoding_arguments(parser, args)
+    try:
+        launch(
+            model=args.model,
+            models_dir=args.models_dir,
+            host=args.host,
+            port=args.port,
+            share=args.share,
+            compile=args.compile,
+            int8_weights=args.int8,
+            allow_server_token=args.allow_server_token,
+            allowed_hosts=args.allowed_host,
+            max_batch=args.max_batch,
+            api_key=args.api_key,
+        )
+    except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["build_app", "launch", "main"]

@@ -45,6 +45,7 @@ from .chat import ChatModel, DecodingOptions  # noqa: E402
 from .hub import HubError, local_model_folder, pull_model, push_model, validate_repo_id  # noqa: E402
 from .loading import ModelLoadError, load_model_and_tokenizer  # noqa: E402
 from .space import space_url  # noqa: E402
+from .training_tab import build_train_tab  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
 REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
@@ -279,10 +280,19 @@ def build_app(
             push_button = gr.Button("Push", variant="primary", elem_id="push-button")
             push_status = gr.Markdown(elem_id="push-status")
 
+        train_tab = build_train_tab(models_dir)
+
         shown_model = [current_model, model_status, model_info, loss_image]
         refresh_button.click(
             lambda: gr.Dropdown(choices=local_models(models_dir)), outputs=local_choice, api_name=False
         )
+        for run_ended in train_tab.runs_ended:  # a finished run's folder joins the picker, chosen
+            run_ended.then(
+                lambda folder: gr.Dropdown(choices=local_models(models_dir), value=folder or gr.skip()),
+                inputs=train_tab.trained_folder,
+                outputs=local_choice,
+                api_name=False,
+            )
         load_button.click(
             functools.partial(load_local, models_dir=models_dir),
             inputs=local_choice,

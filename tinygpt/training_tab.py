@@ -168,7 +168,7 @@ class TrainingRuns:
         flags = []
         for name, label, kind in KNOBS:
             value = (knobs or {}).get(name)
-            if value not in (None, ""):
+            if value not in (None, "", 0):  # a blank Number arrives as 0 from the page
                 flags += [
                     f"--{name}",
                     str(whole_number(label, value, 1, 1 << 20) if kind is int else positive(label, value)),
@@ -360,7 +360,7 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
                 )
                 preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset")
                 max_steps = gr.Number(60, label="Steps", precision=0, minimum=1, elem_id="train-steps")
-                with gr.Accordion("Model and optimizer (blank: the preset's)", open=False):
+                with gr.Accordion("Model and optimizer (blank or 0: the preset's)", open=False):
                     knobs = [
                         gr.Number(None, label=label, precision=0 if kind is int else None, elem_id=f"train-{name}")
                         for name, label, kind in KNOBS
@@ -396,8 +396,10 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
         for _ in runs.watch(run):
             yield show(run)
 
-    def start(upload, preset, max_steps, *knob_values, request: gr.Request):
-        chosen = {name: value for (name, _, _), value in zip(KNOBS, knob_values, strict=True)}
+    def start(upload, preset, max_steps, n_layer, n_embd, block_size, batch_size, learning_rate, request: gr.Request):
+        # Named one by one: Gradio passes the request only to a parameter it can name (not after *args).
+        values = (n_layer, n_embd, block_size, batch_size, learning_rate)
+        chosen = {name: value for (name, _, _), value in zip(KNOBS, values, strict=True)}
         yield from follow(lambda: runs.start(upload, preset, max_steps, request.session_hash, chosen))
 
     def resume(request: gr.Request):

@@ -5,6 +5,7 @@ keeps a connection open), so every step waits on a locator instead. The chat tex
 messages are [data-testid=bot].
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from huggingface_hub import HfApi
 from playwright.sync_api import Page, expect
 
 from tests.chat_fixtures import HUB_TOKEN, REPO, running_app
+from tests.train_cli import write_corpus
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -162,3 +164,51 @@ def test_errors_are_one_line_messages_and_the_app_keeps_serving(chat_page: Page,
     send(page, "hi")
     expect(last_reply(page)).to_have_text("hello!")
     assert "hf_wrong_token" not in app.log.read_text() and HUB_TOKEN not in app.log.read_text()
+
+
+def test_train_tab_trains_an_upload_live_and_the_model_chats(chat_page: Page, tmp_path):
+    page = chat_page
+    page.get_by_role("tab", name="Train").click()
+    # Record every status line and count the curve's redraws while the run goes.
+    page.evaluate(
+        """() => {
+            window.trainStatus = [];
+            window.curveRedraws = 0;
+            const status = document.querySelector('#train-status');
+            new MutationObserver(() => {
+                const text = status.innerText.trim();
+                if (text !== window.trainStatus.at(-1)) window.trainStatus.push(text);
+            }).observe(status, {subtree: true, childList: true, characterData: true});
+            new MutationObserver(() => window.curveRedraws++).observe(
+                document.querySelector('#train-curve'), {subtree: true, childList: true});
+        }"""
+    )
+    page.locator("#train-file input[type=file]").set_input_files(str(write_corpus(tmp_path / "my-text.txt")))
+    expect(page.locator("#train-file")).to_contain_text("my-text.txt")
+    set_number(page, "train-steps", 60)
+    page.get_by_text("Model and optimizer").click()
+    set_number(page, "train-n_embd", 64)
+    set_number(page, "train-block_size", 64)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-status")).to_contain_text("step", timeout=120_000)
+    screenshot(page, "train-running")
+    expect(page.locator("#train-status")).to_contain_text("Finished", timeout=180_000)
+    expect(page.locator("#train-log textarea")).to_have_value(re.compile("my-text.txt"))
+    expect(page.locator("#train-curve canvas, #train-curve svg").first).to_be_visible()
+    screenshot(page, "train-finished")
+    steps = {int(m) for text in page.evaluate("window.trainStatus") for m in re.findall(r"step (\d+)/60", text)}
+    assert len(steps - {0}) >= 2, page.evaluate("window.trainStatus")  # progress streamed, not shown at the end
+    assert page.evaluate("window.curveRedraws") >= 2
+
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#local-model input")).to_have_value(re.compile(r"train-tiny-"))  # chosen in the picker
+    page.locator("#load-button").click()
+    expect(page.locator("#model-status")).to_contain_text("Loaded")
+    expect(page.locator("#model-info")).to_contain_text("train-tiny-")
+    screenshot(page, "train-model-loaded")
+
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "max-new-tokens", 20)
+    send(page, "the king")
+    expect(last_reply(page)).to_have_text(re.compile(r"\S"))  # the new model answers (text it learned, roughly)
+    screenshot(page, "train-model-chat")

@@ -7,9 +7,9 @@ import pytest
 
 from tests.chat_fixtures import CONVERSATIONS, N_POSITIONS, trained_chat_model
 from tinygpt import TinyGPTCharTokenizer
+from tinygpt.app_models import read_eval_loss
 from tinygpt.chat import ChatModel, DecodingOptions, build_prompt
 from tinygpt.loading import load_model_and_tokenizer
-from tinygpt.app_models import read_eval_loss
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,7 @@ from .cli import add_decoding_arguments, add_server_arguments, check_decoding_ar
 from .hub import HubError  # noqa: E402
 from .loading import ModelLoadError  # noqa: E402
 from .serving import host_check, openai_router  # noqa: E402
+from .training_tab import build_train_tab  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
 REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
@@ -190,11 +191,20 @@ def build_app(
             push_button = gr.Button("Push", variant="primary", elem_id="push-button")
             push_status = gr.Markdown(elem_id="push-status")
 
+        train_tab = build_train_tab(models_dir)
+
         # A model opened in the Model tab also sets the chat controls to its own generation_config.
         shown_model = [current_model, model_status, model_info, loss_image, temperature, top_k, top_p, max_new_tokens]
         refresh_button.click(
             lambda: gr.Dropdown(choices=local_models(models_dir)), outputs=local_choice, api_name=False
         )
+        for run_ended in train_tab.runs_ended:  # a finished run's folder joins the picker, chosen
+            run_ended.then(
+                lambda folder: gr.Dropdown(choices=local_models(models_dir), value=folder or gr.skip()),
+                inputs=train_tab.trained_folder,
+                outputs=local_choice,
+                api_name=False,
+            )
         load_button.click(
             functools.partial(load_local, models_dir=models_dir),
             inputs=local_choice,

@@ -1,0 +1,329 @@
+"""Training runs started from the app: train.py in a child process, one at a time, its output turned into a loss
+curve and a log, stopped and resumed on request (the Train tab, tinygpt.training_tab, is their page).
+
+Design notes
+- train.py runs as it does from a shell (`sys.executable train.py ...`), so the app trains exactly what the CLI
+  trains, on the device train.py picks (the GPU when there is one), and its one-line `train.py: error: ...`
+  reaches the page unchanged. The child runs in its own process group at a lower priority, with one core left
+  to the app on a CPU machine: chats keep being answered while it trains.
+- One run at a time, for the whole app (`TrainingRuns`): a second start, from anybody, gets a "busy" line naming
+  the run and a short label of the session that started it (a hash of its id, never the id itself). Only that
+  session may stop it.
+- Progress comes from train.py's stdout (unbuffered): the Trainer's `{'loss': ...}` lines become the curve, every
+  line the log. Steps are counted from the logging schedule the app itself passes.
+- Stop sends SIGINT, which train.py turns into a clean exit (code 130) that keeps its checkpoints; resume reruns
+  the same command with a bare `--resume_from_checkpoint`, which continues from the newest complete one.
+- Files: an upload is copied into the app's own data folder (a private temporary folder, never served) under a
+  generated name, and that name never leaves the server: log lines and errors show the file's own name. The run
+  folder's name is generated too; no user input becomes a path.
+"""
+
+import ast
+import atexit
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .presets import PRESETS
+
+TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
+CHAT_SUFFIXES = (".json", ".jsonl")  # trained as conversations (--chat_file); anything else is plain text
+MAX_STEPS_LIMIT = 1_000_000
+LOG_LINES_SHOWN = 200
+POLL_SECONDS = 0.3  # how often a watching page looks for new output
+STOP_GRACE_SECONDS = 60  # after SIGINT, how long train.py may take to exit before SIGTERM
+CURVE_POINTS = 30  # about this many logged losses a run, whatever its length
+CHECKPOINTS = 5  # about this many evaluations and checkpoints a run, so a stopped run loses little
+# Optional knobs: (flag, label, Python type); blank keeps the preset's value.
+KNOBS = (
+    ("n_layer", "Layers", int),
+    ("n_embd", "Width (n_embd)", int),
+    ("block_size", "Context (block_size)", int),
+    ("per_device_train_batch_size", "Batch size", int),
+    ("learning_rate", "Learning rate", float),
+)
+
+
+class TrainingRequestError(ValueError):
+    """A run that cannot start as asked (busy, bad input); one line for the page."""
+
+
+def session_label(session_hash: str | None) -> str:
+    """A short public name of a session: a hash of its id, since the id itself lets one act as that session."""
+    return "session " + hashlib.sha256((session_hash or "").encode()).hexdigest()[:6]
+
+
+@dataclass
+class TrainingRun:
+    name: str  # generated folder name under models_dir
+    folder: Path
+    owner: str  # session_label of the session that started it
+    command: list[str]
+    max_steps: int
+    logging_steps: int
+    eval_steps: int
+    shown_names: dict[str, str]  # server path -> what the page shows instead (an upload's own name)
+    start_step: int = 0
+    process: subprocess.Popen | None = None
+    log: list[str] = field(default_factory=list)
+    losses: list[tuple[int, float, str]] = field(default_factory=list)  # (step, loss, "train" | "eval")
+    error: str | None = None  # train.py's one-line error
+    stop_requested: bool = False
+    readers: list[threading.Thread] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and (self.process.poll() is None or any(t.is_alive() for t in self.readers))
+
+    @property
+    def step(self) -> int:
+        with self.lock:
+            return max([self.start_step, *(step for step, _, split in self.losses if split == "train")])
+
+    @property
+    def finished(self) -> bool:
+        return not self.running and self.process.returncode == 0 and (self.folder / "config.json").is_file()
+
+    def outcome(self) -> str:
+        """One Markdown line: where the run stands."""
+        if self.running:
+            stopping = " (stopping...)" if self.stop_requested else ""
+            return f"Training **{self.name}** ({self.owner}): step {self.step}/{self.max_steps}{stopping}"
+        if self.finished:
+            return f"Finished **{self.name}**: the model is in {self.folder.name}; load it in the Model tab."
+        if self.stop_requested:
+            return f"Stopped **{self.name}** at step {self.step}; Resume continues from its newest checkpoint."
+        return self.error or f"Error: train.py exited with code {self.process.returncode}."
+
+    def curve(self) -> pd.DataFrame:
+        with self.lock:
+            return pd.DataFrame(self.losses, columns=["step", "loss", "split"])
+
+    def log_text(self) -> str:
+        with self.lock:
+            return "\n".join(self.log[-LOG_LINES_SHOWN:])
+
+    def version(self) -> tuple:
+        with self.lock:
+            return len(self.log), self.running, self.stop_requested
+
+    def read(self, stream, is_stderr: bool) -> None:
+        for raw in stream:
+            line = raw.rstrip()
+            for path, shown in self.shown_names.items():
+                line = line.replace(path, shown)
+            if not line or "/s]" in line:  # progress bars (datasets, the final save)
+                continue
+            with self.lock:
+                self.log.append(line)
+                if is_stderr and line.startswith("train.py: error:"):
+                    self.error = line
+                elif not is_stderr and line.startswith("{'"):
+                    self.record_losses(line)
+
+    def record_losses(self, line: str) -> None:
+        """A Trainer log line -> a curve point. Its step is counted: train.py logs every `logging_steps` and
+        evaluates every `eval_steps` (then once more at the end if the last step was not an evaluation step)."""
+        try:
+            entry = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
+            return
+        for key, split, every in (("loss", "train", self.logging_steps), ("eval_loss", "eval", self.eval_steps)):
+            if key in entry:
+                done = sum(1 for _, _, s in self.losses if s == split)
+                step = min(self.start_step + (done + 1) * every, self.max_steps)
+                self.losses.append((step, float(entry[key]), split))
+
+
+class TrainingRuns:
+    """The app's one training slot: start, watch, stop and resume train.py runs."""
+
+    def __init__(self, models_dir: str | os.PathLike):
+        self.models_dir = Path(models_dir)
+        self.data_dir = Path(tempfile.mkdtemp(prefix="tinygpt-train-data-"))  # private (0700), never served
+        atexit.register(shutil.rmtree, self.data_dir, ignore_errors=True)
+        self.current: TrainingRun | None = None
+        self.lock = threading.Lock()
+
+    def start(
+        self, upload: str | None, preset: str, max_steps, session_hash: str | None, knobs: dict | None = None
+    ) -> TrainingRun:
+        """Start a run (after checking its inputs) or raise TrainingRequestError: busy, a bad value."""
+        if preset not in PRESETS:
+            raise TrainingRequestError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        max_steps = whole_number("max steps", max_steps, 1, MAX_STEPS_LIMIT)
+        flags = []
+        for name, label, kind in KNOBS:
+            value = (knobs or {}).get(name)
+            if value not in (None, "", 0):  # a blank Number arrives as 0 from the page
+                flags += [
+                    f"--{name}",
+                    str(whole_number(label, value, 1, 1 << 20) if kind is int else positive(label, value)),
+                ]
+        with self.lock:
+            self.refuse_if_busy(session_hash)
+            name = self.new_run_name(preset)
+            folder = self.models_dir / name
+            shown_names = {}
+            if upload:
+                source = Path(upload)
+                suffix = source.suffix.lower() if source.suffix.lower() in CHAT_SUFFIXES else ".txt"
+                data_file = self.data_dir / f"{name}{suffix}"
+                shutil.copyfile(source, data_file)
+                flags += ["--chat_file" if suffix in CHAT_SUFFIXES else "--text_file", str(data_file)]
+                shown_names = {str(data_file): source.name, data_file.name: source.name}
+            logging_steps = max(1, max_steps // CURVE_POINTS)
+            eval_steps = logging_steps * max(1, round(max_steps / CHECKPOINTS / logging_steps))
+            command = [
+                sys.executable,
+                str(TRAIN_PY),
+                *("--preset", preset, "--max_steps", str(max_steps), "--output_dir", str(folder)),
+                *("--logging_steps", str(logging_steps), "--eval_steps", str(eval_steps)),
+                *("--save_steps", str(eval_steps), "--disable_tqdm", "true"),
+                *flags,
+            ]
+            run = TrainingRun(
+                name, folder, session_label(session_hash), command, max_steps, logging_steps, eval_steps, shown_names
+            )
+            self.launch(run)
+            return run
+
+    def resume(self, session_hash: str | None) -> TrainingRun:
+        """Continue the last run that was stopped or failed, from its newest complete checkpoint."""
+        from .training.run_dir import checkpoint_step, checkpoint_to_resume
+
+        with self.lock:
+            self.refuse_if_busy(session_hash)
+            last = self.current
+            if last is None or last.finished:
+                raise TrainingRequestError("there is no stopped run to resume; start a new one.")
+            checkpoint, _ = checkpoint_to_resume("latest", last.folder)
+            if checkpoint is None:
+                raise TrainingRequestError(f"{last.name} saved no checkpoint before it ended; start a new run.")
+            run = TrainingRun(
+                last.name,
+                last.folder,
+                session_label(session_hash),
+                [*last.command, "--resume_from_checkpoint"],
+                last.max_steps,
+                last.logging_steps,
+                last.eval_steps,
+                last.shown_names,
+                start_step=checkpoint_step(checkpoint),
+            )
+            run.losses = [point for point in last.losses if point[0] <= run.start_step]
+            self.launch(run)
+            return run
+
+    def stop(self, session_hash: str | None) -> str:
+        """SIGINT to the running train.py (it exits cleanly, keeping its checkpoints); SIGTERM if it lingers."""
+        run = self.current
+        if run is None or not run.running:
+            return "No run is going."
+        if run.owner != session_label(session_hash):
+            return f"Only {run.owner}, which started {run.name}, can stop it."
+        run.stop_requested = True
+        os.killpg(run.process.pid, signal.SIGINT)
+        threading.Thread(target=terminate_if_lingering, args=(run.process,), daemon=True).start()
+        return f"Stopping {run.name}..."
+
+    def refuse_if_busy(self, session_hash: str | None) -> None:
+        run = self.current
+        if run is not None and run.running:
+            whose = "yours" if run.owner == session_label(session_hash) else f"started by {run.owner}"
+            raise TrainingRequestError(
+                f"busy: {run.name} ({whose}) is training, step {run.step}/{run.max_steps}; one run at a time, "
+                "try again when it ends."
+            )
+
+    def new_run_name(self, preset: str) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name, n = f"train-{preset}-{stamp}", 1
+        while (self.models_dir / name).exists():
+            n += 1
+            name = f"train-{preset}-{stamp}-{n}"
+        return name
+
+    def launch(self, run: TrainingRun) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))  # a core left for chats
+        run.process = subprocess.Popen(
+            run.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=env,
+            start_new_session=True,  # its own process group: Stop signals it alone, and Ctrl-C on the app does not
+        )
+        try:
+            os.setpriority(os.PRIO_PROCESS, run.process.pid, 10)  # chats first
+        except OSError:
+            pass
+        run.readers = [
+            threading.Thread(target=run.read, args=(run.process.stdout, False), daemon=True),
+            threading.Thread(target=run.read, args=(run.process.stderr, True), daemon=True),
+        ]
+        for reader in run.readers:
+            reader.start()
+        self.current = run
+        atexit.register(stop_at_exit, run.process)
+
+    def watch(self, run: TrainingRun):
+        """Yields `run` whenever it printed something or changed state, until it ends (then once more)."""
+        seen = None
+        while True:
+            running = run.running
+            version = run.version()
+            if version != seen:
+                seen = version
+                yield run
+            if not running:
+                return
+            time.sleep(POLL_SECONDS)
+
+
+def whole_number(label: str, value, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TrainingRequestError(f"{label} must be a whole number, got {value!r}.") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise TrainingRequestError(f"{label} must be a whole number from {low} to {high}, got {value!r}.")
+    return int(number)
+
+
+def positive(label: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise TrainingRequestError(f"{label} must be a positive number, got {value!r}.")
+    return number
+
+
+def terminate_if_lingering(process: subprocess.Popen) -> None:
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+
+
+def stop_at_exit(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        terminate_if_lingering(process)

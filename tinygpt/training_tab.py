@@ -1,0 +1,118 @@
+"""The app's Train tab: upload text or conversations (or use the built-in synthetic chat corpus), pick a preset,
+steps and knobs, and train; the loss curve and log stream to the page, Stop and Resume act on the run, and the
+model lands in a new folder under --models_dir, where the Model tab's picker finds it. Also an API: `/train`
+streams a run's progress, `/stop_training` stops the caller's run. The runs themselves: tinygpt.training_runs.
+"""
+
+import os
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from .presets import DEFAULT_PRESET, PRESETS
+from .training_runs import CHAT_SUFFIXES, KNOBS, TrainingRequestError, TrainingRun, TrainingRuns
+
+# -- the tab --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainTab:
+    runs: TrainingRuns
+    trained_folder: gr.State  # the folder of the session's last finished run, or None
+    runs_ended: list  # events that end when a run ends: chain a picker refresh onto them
+
+
+def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
+    """The Train tab, built inside the caller's Blocks; also the "/train" and "/stop_training" API endpoints."""
+    runs = TrainingRuns(models_dir)
+    with gr.Tab("Train"):
+        gr.Markdown(
+            "Train a new model with `train.py`: upload a text file (`.txt`) or conversations (`.json`/`.jsonl`, "
+            "ShareGPT or messages form), or leave the file empty to train on the built-in synthetic chat corpus. "
+            f"The model is saved in a new folder in {models_dir}."
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                upload = gr.File(
+                    label="Training data (empty: the synthetic chat corpus)",
+                    file_types=[".txt", *CHAT_SUFFIXES],
+                    type="filepath",
+                    elem_id="train-file",
+                )
+                preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset")
+                max_steps = gr.Number(60, label="Steps", precision=0, minimum=1, elem_id="train-steps")
+                with gr.Accordion("Model and optimizer (blank or 0: the preset's)", open=False):
+                    knobs = [
+                        gr.Number(None, label=label, precision=0 if kind is int else None, elem_id=f"train-{name}")
+                        for name, label, kind in KNOBS
+                    ]
+                with gr.Row():
+                    start_button = gr.Button("Start", variant="primary", elem_id="train-start")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="train-stop")
+                    resume_button = gr.Button("Resume", elem_id="train-resume")
+            with gr.Column(scale=2):
+                status = gr.Markdown("No run yet.", elem_id="train-status")
+                curve = gr.LinePlot(
+                    pd.DataFrame(columns=["step", "loss", "split"]),
+                    x="step",
+                    y="loss",
+                    color="split",
+                    label="Loss",
+                    elem_id="train-curve",
+                )
+                log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
+        trained_folder = gr.State(None)
+        api_trigger = gr.Button(visible=False)  # the /train endpoint's event: an API call, never a click
+        progress = gr.Textbox(visible=False)  # its output
+
+    def show(run: TrainingRun):
+        return run.outcome(), run.log_text(), run.curve(), str(run.folder) if run.finished else gr.skip()
+
+    def follow(starter):
+        try:
+            run = starter()
+        except TrainingRequestError as error:
+            yield f"Error: {error}", gr.skip(), gr.skip(), gr.skip()
+            return
+        for _ in runs.watch(run):
+            yield show(run)
+
+    def start(upload, preset, max_steps, n_layer, n_embd, block_size, batch_size, learning_rate, request: gr.Request):
+        # Named one by one: Gradio passes the request only to a parameter it can name (not after *args).
+        values = (n_layer, n_embd, block_size, batch_size, learning_rate)
+        chosen = {name: value for (name, _, _), value in zip(KNOBS, values, strict=True)}
+        yield from follow(lambda: runs.start(upload, preset, max_steps, request.session_hash, chosen))
+
+    def resume(request: gr.Request):
+        yield from follow(lambda: runs.resume(request.session_hash))
+
+    def train(upload, preset, max_steps, request: gr.Request):
+        """Train a model on `upload` (a text or chat JSON/JSONL file; None: the synthetic chat corpus); streams
+        one progress line per update, the last naming the model's folder."""
+        try:
+            run = runs.start(upload, preset, max_steps, request.session_hash)
+        except TrainingRequestError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        for _ in runs.watch(run):
+            losses = run.curve()
+            loss = f", loss {losses.loss.iloc[-1]:.4f}" if len(losses) else ""
+            if run.running:
+                yield f"step {run.step}/{run.max_steps}{loss}"
+        if not run.finished:
+            raise gr.Error(run.outcome(), print_exception=False)
+        yield f"done: {run.max_steps} steps{loss}; the model is in {run.folder}"
+
+    outputs = [status, log, curve, trained_folder]
+    # concurrency_limit: a second Start is answered "busy" at once rather than queued behind the run.
+    started = start_button.click(
+        start, [upload, preset, max_steps, *knobs], outputs, api_name=False, concurrency_limit=4
+    )
+    resumed = resume_button.click(resume, None, outputs, api_name=False, concurrency_limit=4)
+
+    def stop(request: gr.Request):
+        return runs.stop(request.session_hash)
+
+    stop_button.click(stop, None, status, api_name="stop_training")
+    api_trigger.click(train, [upload, preset, max_steps], progress, api_name="train", concurrency_limit=4)
+    return TrainTab(runs, trained_folder, [started, resumed])

@@ -16,6 +16,7 @@ from tests.tiny_models import tiny_model
 from tinygpt import TinyGPTCharTokenizer
 from tinygpt.chat import ChatModel, DecodingOptions
 from tinygpt.engine import Engine, Request
+from tinygpt.scheduler import Scheduler
 
 pytestmark = [
     pytest.mark.cuda,
@@ -71,6 +72,26 @@ def test_cuda_graph_engine_batches_requests_that_join_and_leave(fp32_model, toke
     outputs = Engine(fp32_model, max_batch=2).generate(requests)
     for request, output in zip(requests, outputs, strict=True):
         assert output == reference(fp32_model, request.prompt_ids, request.max_new_tokens)
+
+
+def test_scheduler_on_cuda_graph_buckets_serves_threads_like_the_plain_loop(fp32_model, tokenizer):
+    import threading
+
+    scheduler = Scheduler(Engine(fp32_model, max_batch=4))  # buckets 1, 2, 4: one graph each and step kind
+    prompts = [tokenizer.encode(text) for text in ("the quick", "a lazy dog", "0123", "fox", "over the", "jumps")]
+    outputs = [None] * len(prompts)
+
+    def ask(i):
+        outputs[i] = list(scheduler.stream(Request(prompts[i], max_new_tokens=20 + 7 * i)))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    scheduler.close()
+    for i, prompt in enumerate(prompts):
+        assert outputs[i] == reference(fp32_model, prompt, 20 + 7 * i), i
 
 
 def test_auto_placement_is_bf16_on_the_gpu_and_chat_streams(tokenizer):

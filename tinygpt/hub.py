@@ -1,7 +1,7 @@
 """Push a saved TinyGPT model to the Hugging Face Hub and pull one back, with one-line errors.
 
-huggingface_hub does the work: `HfApi.create_repo(exist_ok=True)` + one `create_commit` up, `snapshot_download`
-down. This module decides what goes up, checks what comes down, and turns the library's exceptions into a
+huggingface_hub does the work: `HfApi.create_repo(exist_ok=True)` + one `upload_folder` up (of a staging folder
+holding exactly what goes up), `snapshot_download` down. This module decides what goes up, checks what comes down, and turns the library's exceptions into a
 `HubError` whose message names the problem and the fix.
 
 Design notes
@@ -10,7 +10,8 @@ Design notes
   README.md model card, generated when the folder has none. The code files come from the installed package,
   never from the folder or from a path a config names: an `auto_map` naming any other module is refused, so a
   push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
-  the folder itself is never written to: the card goes up from memory, in the same commit as the files.
+  the folder itself is never written to: the card is written into the staging folder, and goes up in the same
+  commit as the files.
 - `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.export),
   and a Gradio Space running that folder at this commit is created after it (tinygpt.space).
 - What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
@@ -28,12 +29,13 @@ Design notes
 
 import contextlib
 import json
+import os
 import posixpath
 import shutil
+import tempfile
 from pathlib import Path
 
 from huggingface_hub import (
-    CommitOperationAdd,
     HfApi,
     constants,
     get_token,
@@ -116,34 +118,37 @@ def push_model(
     api = HfApi(endpoint=endpoint, token=token)
     if space_id is not None:
         validate_repo_id(space_id)
-    operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=model_dir / name)
-        for name in MODEL_FILES
-        if (model_dir / name).is_file()
-    ]
-    operations += [
-        CommitOperationAdd(path_in_repo=f"{module}.py", path_or_fileobj=PACKAGE_DIR / f"{module}.py")
-        for module in _code_modules(model_dir, config)
-    ]
-    if not (model_dir / "README.md").is_file():
-        card = _model_card(repo_id, model_dir, config, space_id, api.endpoint)
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
-    if space_id is not None:
-        plain_dir = _plain_export(model_dir, repo_id, space_id, api.endpoint)
-        try:
-            operations += [
-                CommitOperationAdd(path_in_repo=f"{PLAIN_FOLDER}/{path.name}", path_or_fileobj=path.read_bytes())
-                for path in sorted(plain_dir.iterdir())
-            ]
-        finally:
-            shutil.rmtree(plain_dir)
-    with _hub_errors(repo_id, api.endpoint, token, action="push to"):
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.create_commit(repo_id, operations, commit_message=commit_message or "Upload TinyGPT model")
+    staging = Path(tempfile.mkdtemp(prefix="tinygpt-push-"))  # exactly what goes up; the folder stays as it is
+    try:
+        for name in MODEL_FILES:
+            if (model_dir / name).is_file():
+                _link_or_copy(model_dir / name, staging / name)
+        for module in _code_modules(model_dir, config):
+            shutil.copyfile(PACKAGE_DIR / f"{module}.py", staging / f"{module}.py")
+        if not (model_dir / "README.md").is_file():
+            (staging / "README.md").write_bytes(_model_card(repo_id, model_dir, config, space_id, api.endpoint))
+        if space_id is not None:
+            plain_dir = _plain_export(model_dir, repo_id, space_id, api.endpoint)
+            shutil.move(plain_dir, staging / PLAIN_FOLDER)
+        with _hub_errors(repo_id, api.endpoint, token, action="push to"):
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=staging, commit_message=commit_message or "Upload TinyGPT model"
+            )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if space_id is not None:
         with _hub_errors(space_id, api.endpoint, token, action="push to"):
             push_space(api, space_id, repo_id, commit.oid, private=private)
     return str(repo_url)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the filesystem allows one (no copy of the weights), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _plain_export(model_dir: Path, repo_id: str, space_id: str, endpoint: str) -> Path:

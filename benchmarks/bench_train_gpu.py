@@ -109,7 +109,7 @@ def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: i
         for _ in range(4):
             rows = data[torch.randint(0, len(data) - 1025, (8,), device="cuda")[:, None] + window]  # (8, 1025)
             with torch.autocast("cuda", torch.bfloat16):
-                _, loss = compiled(rows[:, :-1], rows[:, 1:])
+                _, loss = compiled(rows[:, :-1].contiguous(), rows[:, 1:].contiguous())  # nanoGPT .view()s them
             (loss / 4).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

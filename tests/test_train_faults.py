@@ -89,7 +89,7 @@ def newest_complete_checkpoint(output) -> int:
 
 @pytest.mark.slow
 def test_sigkill_then_bare_resume_continues_the_same_schedule_and_data(workdir, corpus):
-    max_steps, save_steps = 60, 4
+    max_steps, save_steps = 400, 4  # long enough that the kill always lands mid-run, however fast the steps
     output = workdir / "killed"
     args = [*TINY, "--max_steps", max_steps, "--save_steps", save_steps, "--warmup_steps", "5", "--text_file", corpus]
     args += ["--output_dir", output, "--disable_tqdm", "true"]

@@ -11,12 +11,9 @@ import functools
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
 from tests.fake_hub import start_fake_hub
+from tests.servers import free_port, wait_until_answering
 from tinygpt import TinyGPTCharTokenizer
 from tinygpt.training import ModelArguments, new_model
 from tinygpt.training.report import plot_losses
@@ -124,9 +122,7 @@ def running_app() -> RunningApp:
     shutil.copy(model / "config.json", models_dir / "no-weights" / "config.json")
     hub_url, stop_hub = start_fake_hub(work / "hub", HUB_TOKEN)
 
-    with socket.socket() as probe:  # a free port (the OS picks it; tiny race until the app binds it)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "HF_ENDPOINT": hub_url, "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
     env.pop("HF_TOKEN", None)
     log = work / "app.log"
@@ -141,13 +137,5 @@ def running_app() -> RunningApp:
 
     atexit.register(stop)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return RunningApp(url=url, hub_url=hub_url, models_dir=models_dir, log=log)
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"app.py did not answer on {url} within 180 s:\n{log.read_text()}")
+    wait_until_answering(process, url, log, "app.py")
+    return RunningApp(url=url, hub_url=hub_url, models_dir=models_dir, log=log)

@@ -44,7 +44,7 @@ def reference_sliding_greedy(model, prompt, new_tokens, stop_id=None):
         for _ in range(new_tokens):
             if len(tokens) - start >= window:
                 start = len(tokens) - keep
-            logits = model(torch.tensor([tokens[start:]]), use_cache=False).logits[0, -1]
+            logits = model(torch.tensor([tokens[start:]], device=model.device), use_cache=False).logits[0, -1]
             if stop_id is not None:
                 logits[stop_id] = -float("inf")
             tokens.append(int(logits.argmax()))

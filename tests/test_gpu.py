@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_engine import reference_sliding_greedy
 from tests.tiny_models import tiny_model
 from tinygpt import TinyGPTCharTokenizer
 from tinygpt.chat import ChatModel, DecodingOptions
@@ -39,19 +40,6 @@ def fp32_model(tokenizer):
     return tiny_model(tokenizer, n_positions=N_POSITIONS).to("cuda")
 
 
-def reference(model, prompt, new_tokens):
-    """Greedy tokens by a plain loop without a cache, sliding as the engine does (last 3/4 of the window)."""
-    window, keep = model.config.n_positions, model.config.n_positions * 3 // 4
-    tokens, start = list(prompt), 0
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            if len(tokens) - start >= window:
-                start = len(tokens) - keep
-            logits = model(torch.tensor([tokens[start:]], device="cuda"), use_cache=False).logits[0, -1]
-            tokens.append(int(logits.argmax()))
-    return tokens[len(prompt) :]
-
-
 def test_cuda_graph_engine_gives_the_plain_loops_tokens(fp32_model, tokenizer):
     prompt = tokenizer.encode("the quick brown")
     engine = Engine(fp32_model)  # on CUDA: compiled, each step one CUDA graph, prefill a padded graph
@@ -59,7 +47,7 @@ def test_cuda_graph_engine_gives_the_plain_loops_tokens(fp32_model, tokenizer):
     inside = N_POSITIONS - len(prompt)
     generated = fp32_model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=inside, do_sample=False)
     assert list(engine.stream(prompt, max_new_tokens=inside)) == generated[0, len(prompt) :].tolist()
-    expected = reference(fp32_model, prompt, 3 * N_POSITIONS)
+    expected = reference_sliding_greedy(fp32_model, prompt, 3 * N_POSITIONS)
     assert list(engine.stream(prompt, max_new_tokens=3 * N_POSITIONS)) == expected  # slides twice
     top1 = engine.stream(prompt, max_new_tokens=3 * N_POSITIONS, temperature=1.5, top_k=1)  # the sampled graph
     assert list(top1) == expected
@@ -71,7 +59,7 @@ def test_cuda_graph_engine_batches_requests_that_join_and_leave(fp32_model, toke
     requests = [Request(p, max_new_tokens=n) for p, n in zip(prompts, lengths, strict=True)]
     outputs = Engine(fp32_model, max_batch=2).generate(requests)
     for request, output in zip(requests, outputs, strict=True):
-        assert output == reference(fp32_model, request.prompt_ids, request.max_new_tokens)
+        assert output == reference_sliding_greedy(fp32_model, request.prompt_ids, request.max_new_tokens)
 
 
 def test_scheduler_on_cuda_graph_buckets_serves_threads_like_the_plain_loop(fp32_model, tokenizer):
@@ -91,7 +79,7 @@ def test_scheduler_on_cuda_graph_buckets_serves_threads_like_the_plain_loop(fp32
         thread.join(timeout=300)
     scheduler.close()
     for i, prompt in enumerate(prompts):
-        assert outputs[i] == reference(fp32_model, prompt, 20 + 7 * i), i
+        assert outputs[i] == reference_sliding_greedy(fp32_model, prompt, 20 + 7 * i), i
 
 
 def test_auto_placement_is_bf16_on_the_gpu_and_chat_streams(tokenizer):

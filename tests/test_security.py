@@ -11,11 +11,9 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +28,7 @@ from huggingface_hub import HfApi
 import tinygpt
 from tests.chat_fixtures import REPO, trained_chat_model
 from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url, start_fake_hub
+from tests.servers import free_port, wait_until_answering
 from tinygpt.hub import push_model
 
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs
@@ -71,9 +70,7 @@ class App:
 
     def __init__(self, work: Path, models_dir: Path, outside: Path, hub_url: str):
         self.work, self.models_dir, self.outside, self.hub_url = work, models_dir, outside, hub_url
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         app_tmp = work / "app-tmp"  # so that models_dir is outside the app's temp dir, as well as outside its cwd
         app_tmp.mkdir()
@@ -90,17 +87,7 @@ class App:
         command = [sys.executable, "app.py", "--models_dir", str(models_dir), "--port", str(self.port)]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=5):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError(f"app.py did not answer within 180 s:\n{self.log.read_text()}")
+        wait_until_answering(self.process, self.url, self.log, "app.py")
         self.config = httpx.get(self.url + "config").json()
 
     def stop(self):

@@ -3,7 +3,6 @@ tests/chat_fixtures.py (which answers its few questions exactly when decoding gr
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from tests.chat_fixtures import CONVERSATIONS, REPO, trained_chat_model
+from tests.servers import free_port, wait_until_answering
 from tinygpt.loading import load_model_and_tokenizer
 
 API_KEY = "sk-test-serve-0123456789"
@@ -26,9 +26,7 @@ MAX_BATCH = 4  # fewer slots than the concurrent tests' streams: the rest wait, 
 def running_server() -> tuple[str, str, Path]:
     """(base URL, model id, log file) of `python -m tinygpt.cli serve` on a free port; stopped at exit."""
     model = str(trained_chat_model())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = Path(model) / "serve.log"
     command = [sys.executable, "-m", "tinygpt.cli", "serve", model, "--port", str(port), "--max_batch", str(MAX_BATCH)]
     env = {**os.environ, "TINYGPT_API_KEY": API_KEY}
@@ -38,16 +36,8 @@ def running_server() -> tuple[str, str, Path]:
 
     atexit.register(process.terminate)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tinygpt serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            httpx.get(f"{url}/models", timeout=2)
-            return url, model, log
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise RuntimeError(f"tinygpt serve did not answer within 120 s:\n{log.read_text()}")
+    wait_until_answering(process, f"{url}/models", log, "tinygpt serve", timeout=120)  # a 401: it is up
+    return url, model, log
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,14 @@ the model at the pinned commit and answers a gradio_client call.
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from huggingface_hub import HfApi, constants, snapshot_download
 
 from tests.fake_hub import TOKEN
+from tests.servers import free_port, wait_until_answering
 from tinygpt.cli import main
 
 pytestmark = pytest.mark.slow  # a Space app started as a subprocess
@@ -50,12 +48,6 @@ def test_push_with_space_adds_plain_gpt2_and_a_pinned_space(hub, pushed, capsys)
     assert f"transformers=={__import__('transformers').__version__.split('+')[0]}" in requirements
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_space_app_runs_without_tinygpt_and_answers_gradio_client(hub, pushed, tmp_path):
     from gradio_client import Client
 
@@ -78,15 +70,7 @@ def test_space_app_runs_without_tinygpt_and_answers_gradio_client(hub, pushed, t
         )
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 180
-        while True:
-            assert app.poll() is None, f"app.py exited with {app.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"app.py did not answer within 180 s:\n{log.read_text()}"
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_answering(app, url, log, "the Space's app.py")
         client = Client(url, verbose=False)
         assert client.predict("hi", api_name="/chat") == "hello!"  # what the chat model learned to answer
         job = client.submit("what is your name?", api_name="/chat")

@@ -155,12 +155,12 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
 
     @router.get("/models")
     async def list_models():
-        return {"object": "list", "data": [model_card(model_id) for model_id in models]}
+        return {"object": "list", "data": [model_entry(model_id) for model_id in models]}
 
     @router.get("/models/{model_id:path}")
     async def retrieve_model(model_id: str):
         chat_model(model_id)
-        return model_card(model_id)
+        return model_entry(model_id)
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -188,7 +188,8 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
     return router
 
 
-def model_card(model_id: str) -> dict:
+def model_entry(model_id: str) -> dict:
+    """The OpenAI "model" object of GET /v1/models (not a Hub model card)."""
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "tinygpt"}
 
 

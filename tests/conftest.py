@@ -42,6 +42,15 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer():
+    """The engine tests' character tokenizer (tests/tiny_models.py's ENGINE_CORPUS); a module may define its own."""
+    from tests.tiny_models import ENGINE_CORPUS
+    from tinygpt import TinyGPTCharTokenizer
+
+    return TinyGPTCharTokenizer.from_corpus(ENGINE_CORPUS)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (Tiny Shakespeare, GPT-2 vocab/merges, ShareGPT chat); skips the test where it is absent."""
     if not SHARED_DATA.is_dir():

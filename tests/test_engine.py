@@ -8,19 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from tests.tiny_models import tiny_model
+from tests.tiny_models import ENGINE_CORPUS, tiny_model
 from tinygpt import TinyGPTCharTokenizer
 from tinygpt.engine import Engine, Request
 
 N_POSITIONS = 48
-CORPUS = "the quick brown fox jumps over the lazy dog 0123456789"
 
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs g++")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return TinyGPTCharTokenizer.from_corpus(CORPUS)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +167,7 @@ def test_int8_engine_picks_what_fp32_would(model_and_prompt):
     model, prompt = model_and_prompt
     # A second model of the same shape, decoded in the same process: it reuses the compiled step (freezing
     # treats weights as constants), and must still decode with its own weights.
-    same_shape = tiny_model(TinyGPTCharTokenizer.from_corpus(CORPUS), n_positions=N_POSITIONS, seed=1)
+    same_shape = tiny_model(TinyGPTCharTokenizer.from_corpus(ENGINE_CORPUS), n_positions=N_POSITIONS, seed=1)
     new_tokens = N_POSITIONS - len(prompt)
     for fp32_model in (model, same_shape):
         engine = Engine(fp32_model, int8_weights=True)  # compiled by default: int8 is only fast compiled

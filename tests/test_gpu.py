@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from tests.test_engine import reference_sliding_greedy
-from tests.tiny_models import tiny_model
-from tinygpt import TinyGPTCharTokenizer
+from tests.tiny_models import ENGINE_CORPUS, tiny_model
 from tinygpt.chat import ChatModel, DecodingOptions
 from tinygpt.engine import Engine, Request
 from tinygpt.scheduler import Scheduler
@@ -26,13 +25,7 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = "the quick brown fox jumps over the lazy dog 0123456789"
 N_POSITIONS = 48
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return TinyGPTCharTokenizer.from_corpus(CORPUS)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_auto_placement_is_bf16_on_the_gpu_and_chat_streams(tokenizer):
 @pytest.mark.parametrize("compile_flags", [[], ["--torch_compile"]], ids=["eager", "compiled"])
 def test_bf16_training_steps_on_the_gpu(tmp_path, compile_flags):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text((CORPUS + "\n") * 400, encoding="utf-8")
+    corpus.write_text((ENGINE_CORPUS + "\n") * 400, encoding="utf-8")
     output_dir = tmp_path / "run"
     command = [sys.executable, str(REPO / "train.py"), "--text_file", str(corpus), "--output_dir", str(output_dir)]
     command += ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32"]

@@ -9,16 +9,8 @@ import pytest
 
 from tests.test_engine import N_POSITIONS, reference_sliding_greedy
 from tests.tiny_models import tiny_model
-from tinygpt import TinyGPTCharTokenizer
 from tinygpt.engine import Engine, Request, batch_buckets
 from tinygpt.scheduler import Scheduler
-
-CORPUS = "the quick brown fox jumps over the lazy dog 0123456789"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return TinyGPTCharTokenizer.from_corpus(CORPUS)
 
 
 @pytest.fixture(scope="module")

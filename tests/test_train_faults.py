@@ -157,6 +157,12 @@ def fails_cleanly(argv, capsys, output, message: str) -> None:
     assert snapshot(output) == before
 
 
+def output_dir_refused(corpus, capsys, output_dir, problem: str) -> None:
+    """A text run into `output_dir` fails cleanly with `problem` and the advice to pick another --output_dir."""
+    argv = [*TINY, "--text_file", corpus, "--output_dir", output_dir]
+    fails_cleanly(argv, capsys, output_dir, f"{problem}; pick another --output_dir.")
+
+
 @pytest.mark.slow
 def test_missing_text_file_through_the_cli(workdir):
     missing = workdir / "nope.txt"
@@ -237,12 +243,7 @@ def test_output_dir_holding_another_run_or_other_files_is_refused(workdir, corpu
     other = workdir / "not-a-run"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    fails_cleanly(
-        [*TINY, "--text_file", corpus, "--output_dir", other],
-        capsys,
-        other,
-        f"{other} is not empty and holds no tinygpt run (no run_settings.json); pick another --output_dir.",
-    )
+    output_dir_refused(corpus, capsys, other, f"{other} is not empty and holds no tinygpt run (no run_settings.json)")
 
 
 def test_resume_from_an_incomplete_checkpoint_path_is_refused(workdir, corpus, capsys):
@@ -327,20 +328,10 @@ def test_a_failed_run_leaves_nothing_that_blocks_the_corrected_rerun(workdir, co
 def test_output_dir_that_is_a_file_is_refused(workdir, corpus, capsys):
     taken = workdir / "a-file"
     taken.write_text("mine")
-    fails_cleanly(
-        [*TINY, "--text_file", corpus, "--output_dir", taken],
-        capsys,
-        taken,
-        f"--output_dir {taken} is a file, not a folder; pick another --output_dir.",
-    )
+    output_dir_refused(corpus, capsys, taken, f"--output_dir {taken} is a file, not a folder")
     assert taken.read_text() == "mine"
     below = taken / "run"
-    fails_cleanly(
-        [*TINY, "--text_file", corpus, "--output_dir", below],
-        capsys,
-        below,
-        f"--output_dir {below}: {taken} is a file, not a folder; pick another --output_dir.",
-    )
+    output_dir_refused(corpus, capsys, below, f"--output_dir {below}: {taken} is a file, not a folder")
 
 
 def test_init_from_gpt2_weights_without_a_tokenizer(workdir, corpus, capsys):
@@ -481,26 +472,17 @@ def test_resume_from_a_checkpoint_at_max_steps_trains_nothing(workdir, capsys):
     assert final.keys() == checkpoint.keys() and all(torch.equal(final[k], checkpoint[k]) for k in final)
 
 
-def four_step_run(corpus, output) -> list[str]:
-    """train.py's argv for a 4-step tiny text run (checkpoints at steps 2 and 4) into `output`."""
-    return [
-        *TINY,
-        "--max_steps",
-        "4",
-        "--text_file",
-        str(corpus),
-        "--output_dir",
-        str(output),
-        "--disable_tqdm",
-        "true",
-    ]
+def tiny_text_run(corpus, output, steps: int = 4) -> list[str]:
+    """train.py's argv for a tiny text run of `steps` steps (a checkpoint every 2) into `output`."""
+    run = ("--max_steps", str(steps), "--text_file", str(corpus), "--output_dir", str(output))
+    return [*TINY, *run, "--disable_tqdm", "true"]
 
 
 @pytest.fixture(scope="module")
 def checkpointed_run(workdir, corpus):
     """A finished 4-step text run with checkpoint-2 and checkpoint-4, and its argv."""
     output = workdir / "checkpointed"
-    argv = four_step_run(corpus, output)
+    argv = tiny_text_run(corpus, output)
     assert main(argv) == 0
     return output, argv
 
@@ -596,17 +578,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_earlier_checkpoints(
     from transformers import Trainer
 
     output = workdir / f"disk-full-{len(list(workdir.glob('disk-full-*')))}"
-    argv = [
-        *TINY,
-        "--max_steps",
-        "6",
-        "--text_file",
-        str(corpus),
-        "--output_dir",
-        str(output),
-        "--disable_tqdm",
-        "true",
-    ]
+    argv = tiny_text_run(corpus, output, steps=6)
     original_save = Trainer._save_optimizer_and_scheduler
     earlier = {}
 
@@ -638,7 +610,7 @@ def test_a_full_disk_during_the_final_save_keeps_everything_and_resuming_saves_i
     from safetensors import SafetensorError
 
     output = workdir / "final-disk-full"
-    argv = four_step_run(corpus, output)
+    argv = tiny_text_run(corpus, output)
     original_save_file = transformers.modeling_utils.safe_save_file
     checkpoints = {}
 

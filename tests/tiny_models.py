@@ -9,6 +9,8 @@ import torch
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
 
+ENGINE_CORPUS = "the quick brown fox jumps over the lazy dog 0123456789"  # the engine tests' characters
+
 
 def tiny_model(tokenizer, n_positions: int = 64, vocab_size: int | None = None, seed: int = 0) -> TinyGPTForCausalLM:
     """2 layers, 32 wide, in eval mode; vocab_size defaults to len(tokenizer) padded to a multiple of 64, as

@@ -114,6 +114,31 @@ def test_sampling_knobs(model_and_prompt):
     assert top3[0] in logits.topk(3).indices.tolist()
 
 
+def test_several_steps_per_replay_give_the_same_tokens(model_and_prompt, tokenizer):
+    """What CUDA does by default (8 steps per graph replay), on the CPU: tokens past a stop or max_new_tokens are
+    dropped, a slot near the window's end takes single steps until it slides, sampling draws the same."""
+    model, prompt = model_and_prompt
+    prompts = [prompt, tokenizer.encode("a lazy dog"), tokenizer.encode("0123"), tokenizer.encode("fox")]
+    stop = reference_sliding_greedy(model, prompt, 30)[6]
+    requests = [
+        Request(prompts[0], max_new_tokens=25, stop_ids=[stop]),  # stops inside a replay
+        Request(prompts[1], max_new_tokens=3),  # ends inside its first replay
+        Request(prompts[2], max_new_tokens=3 * N_POSITIONS + 5),  # slides three times
+        Request(prompts[3], max_new_tokens=40, temperature=1.5, seed=3),
+        Request(prompts[0], max_new_tokens=2 * N_POSITIONS, min_new_tokens=2 * N_POSITIONS, stop_ids=[stop]),
+    ]
+    one_at_a_time = Engine(model, max_batch=3).generate(requests)
+    assert one_at_a_time[2] == reference_sliding_greedy(model, prompts[2], 3 * N_POSITIONS + 5)
+    assert len(one_at_a_time[0]) == 6 and len(one_at_a_time[1]) == 3
+    alone = reference_sliding_greedy(model, prompt, N_POSITIONS)
+    for steps in (4, 7):
+        engine = Engine(model, max_batch=3, steps_per_replay=steps)
+        assert engine.generate(requests) == one_at_a_time, steps
+        assert list(engine.stream(prompt, max_new_tokens=N_POSITIONS)) == alone
+    with pytest.raises(ValueError, match="steps_per_replay must be 1 or more"):
+        Engine(model, steps_per_replay=0)
+
+
 def test_stop_event_and_cancelling_free_the_slot(model_and_prompt):
     model, prompt = model_and_prompt
     engine = Engine(model)

@@ -18,10 +18,12 @@ what a text needs and puts everything that decides how text is decoded in one ob
 - The window: learned positions end at n_positions. A slot that fills it re-encodes its last 3/4 window
   (positions from 0 again) and goes on, as nanoGPT crops its context. This is the only sliding rule in tinygpt.
 - Placement and speed: `device="auto"` puts the model on a CUDA GPU in bf16 when there is one. On CUDA each step
-  is compiled and captured as a CUDA graph, one per batch bucket and step kind, and the host queues the next step
-  before reading the current token. On a CPU compiling is optional (`compile=True`: inductor turns each one-row
-  matrix product into a fused multiply-and-sum); `int8_weights=True` decodes with an int8-weight copy of the
-  model (tinygpt.quantization), small enough to stay in the CPU's cache.
+  is compiled and `steps_per_replay` of them are captured as one CUDA graph, one per batch bucket and step kind
+  (when first used): a replay decodes several tokens per slot, and the host reads them at once while the next
+  replay runs. A token past a request's stop or its max_new_tokens costs a little GPU time and is dropped; a slot
+  near the window's end takes single steps until it slides. On a CPU compiling is optional (`compile=True`:
+  inductor turns each one-row matrix product into a fused multiply-and-sum); `int8_weights=True` decodes with an
+  int8-weight copy of the model (tinygpt.quantization), small enough to stay in the CPU's cache.
 - The model runs its own `forward`, handed the slot cache through the `cache.update(k, v, layer_idx)` contract
   of transformers' caches, with positions and a mask built here, so its greedy tokens are those of `generate()`
   inside the window (tests check it).
@@ -63,6 +65,8 @@ class Engine:
     `Scheduler` in front of it.
 
     `compile`: None compiles on CUDA (each step a CUDA graph) and for int8 weights, not otherwise on a CPU.
+    `steps_per_replay`: decode steps run per call of the device (one CUDA graph replay); None is 8 on CUDA, where
+    the host's work per replay would otherwise bound a small model, and 1 on a CPU.
     """
 
     def __init__(
@@ -74,9 +78,12 @@ class Engine:
         dtype: torch.dtype | None = None,
         compile: bool | None = None,
         int8_weights: bool = False,
+        steps_per_replay: int | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"Engine: max_batch must be 1 or more, got {max_batch}.")
+        if steps_per_replay is not None and steps_per_replay < 1:
+            raise ValueError(f"Engine: steps_per_replay must be 1 or more, got {steps_per_replay}.")
         device, dtype = resolve_placement(model, device, dtype, int8_weights)
         if device != model.device or (dtype is not None and dtype != model.dtype):
             model = model.to(device=device, dtype=dtype)
@@ -95,7 +102,8 @@ class Engine:
         self.model = model.eval()
         self.config, self.device, self.max_batch = model.config, device, max_batch
         self.int8_weights, self.compiled = int8_weights, use_compile
-        self.window, V, B = self.config.n_positions, self.config.vocab_size, max_batch
+        self.steps_per_replay = steps_per_replay or (8 if device.type == "cuda" else 1)
+        self.window, V, B, K = self.config.n_positions, self.config.vocab_size, max_batch, self.steps_per_replay
         # A slot slides when its newest token would be fed at the window's last position, as generate() ends a
         # window: a forward never holds more than n_positions - 1 tokens of context.
         self.last_position = self.window - 1
@@ -104,6 +112,7 @@ class Engine:
 
         # Each slot's state, in fixed device buffers: what a step reads and writes (and a CUDA graph needs).
         self.tokens = torch.zeros((B, 1), dtype=torch.long, device=device)  # the newest token, fed next
+        self.replay_tokens = torch.zeros((K, B), dtype=torch.long, device=device)  # each step's tokens in a replay
         self.positions = torch.zeros((B,), dtype=torch.long, device=device)  # where it will be fed
         self.generated = torch.zeros((B,), dtype=torch.long, device=device)  # new tokens so far
         self.min_new = torch.zeros((B,), dtype=torch.long, device=device)
@@ -123,19 +132,23 @@ class Engine:
         self.encode = self._encode_exact  # eager: a prefill is one forward over exactly its tokens
         if use_compile:
             kinds = {kind: self._compiled(step) for kind, step in kinds.items()}
-        # A step for each kind and bucket: step(rows) decodes the first `rows` slots.
+        # A replay for each kind, bucket and length: steps[kind, rows, n]() decodes the first `rows` slots n times.
+        lengths = sorted({1, K})
         self.steps = {
-            (kind, rows): functools.partial(step, rows) for kind, step in kinds.items() for rows in self.buckets
+            (kind, rows, n): functools.partial(self._replay, step, rows, n)
+            for kind, step in kinds.items()
+            for rows in self.buckets
+            for n in lengths
         }
         if use_compile and device.type == "cuda":
             # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over a
             # fixed, right-padded window instead (the padding's keys land past the context, where no step looks).
             self.padded_prompt = torch.zeros((1, self.window), dtype=torch.long, device=device)
-            self.steps = {key: self._captured(step).replay for key, step in self.steps.items()}
+            self.steps = {key: self._graph_on_first_use(step) for key, step in self.steps.items()}
             self.encode = self._encode_padded
             self._encode_padded_graph = self._captured(self._compiled(self._encode_padded_prompt)).replay
-        if device.type == "cuda":  # pinned host buffers, so a step's tokens come back while the next one runs
-            self.host_tokens = [torch.zeros(B, dtype=torch.long, pin_memory=True) for _ in range(3)]
+        if device.type == "cuda":  # pinned host buffers, so a replay's tokens come back while the next one runs
+            self.host_tokens = [torch.zeros((K, B), dtype=torch.long, pin_memory=True) for _ in range(3)]
             self.copied = [torch.cuda.Event() for _ in range(3)]
             self.next_buffer = 0
         self.busy = threading.Lock()  # held by the one loop decoding (a run, or a Scheduler's turn)
@@ -193,6 +206,12 @@ class Engine:
         """As _greedy_step, drawing each slot's next token with its sampling knobs."""
         self._advance(self._pick(self._decode_logits(rows), slice(0, rows)))
 
+    def _replay(self, step, rows: int, n: int):
+        """n decode steps of the first `rows` slots; step k's tokens land in replay_tokens[k]."""
+        for k in range(n):
+            step(rows)
+            self.replay_tokens[k, :rows].copy_(self.tokens[:rows, 0])
+
     def _allowed(self, logits, slots):
         """Stop tokens banned for the slots that have not reached their min_new_tokens."""
         banned = self.is_stop[slots] & (self.generated[slots] < self.min_new[slots])[:, None]
@@ -224,6 +243,24 @@ class Engine:
         self.padded_prompt[0, : len(context)].copy_(torch.tensor(context), non_blocking=True)
         self._encode_padded_graph()
 
+    def _graph_on_first_use(self, step) -> Callable[[], None]:
+        """`step` as a CUDA graph captured when it first runs, so an engine compiles only the buckets it uses
+        (`warm_up()` captures them all ahead). Capturing runs the step a few times: the slots' state is put back
+        after, and the keys and values it wrote lie past each slot's position, where the next steps write first."""
+        graph = None
+
+        def replay():
+            nonlocal graph
+            if graph is None:
+                state = (self.tokens, self.positions, self.generated)
+                saved = [tensor.clone() for tensor in state]
+                graph = self._captured(step)
+                for tensor, before in zip(state, saved, strict=True):
+                    tensor.copy_(before)
+            graph.replay()
+
+        return replay
+
     @torch.no_grad()
     def _captured(self, step) -> torch.cuda.CUDAGraph:
         """Record a step (a decode step, or a padded prefill) as a CUDA graph: afterwards it is one launch."""
@@ -238,21 +275,25 @@ class Engine:
             step()
         return graph
 
-    def _copy_out(self):
-        """Start moving every slot's newest token to the host; `_read` waits for that copy only."""
+    def _copy_out(self, steps: int = 0):
+        """Start moving tokens to the host: the last replay's `steps` rows of them, or (0) every slot's newest token,
+        as one row. `_read` waits for that copy only."""
+        source = self.replay_tokens[:steps] if steps else self.tokens.T  # (n, B)
         if self.device.type != "cuda":
-            return self.tokens[:, 0].tolist()
+            return source.tolist()
         buffer = self.next_buffer
         self.next_buffer = (buffer + 1) % len(self.host_tokens)
-        self.host_tokens[buffer].copy_(self.tokens[:, 0], non_blocking=True)
+        self.host_tokens[buffer][: len(source)].copy_(source, non_blocking=True)
         self.copied[buffer].record()
-        return buffer
+        return buffer, len(source)
 
-    def _read(self, copied) -> list[int]:
+    def _read(self, copied) -> list[list[int]]:
+        """The copied rows: [step][slot] token ids."""
         if self.device.type != "cuda":
             return copied
-        self.copied[copied].synchronize()  # that copy's step only, not one queued after it
-        return self.host_tokens[copied].tolist()
+        buffer, rows = copied
+        self.copied[buffer].synchronize()  # that copy's replay only, not one queued after it
+        return self.host_tokens[buffer][:rows].tolist()
 
     # -- the host loop ----------------------------------------------------------------------------------------
 
@@ -297,17 +338,17 @@ class Engine:
             if request.max_new_tokens > 0
         )
         try:
-            for entry, token in self.decode(lambda idle: waiting.popleft() if waiting else None):
-                if token is not None:
+            for entry, tokens in self.decode(lambda idle: waiting.popleft() if waiting else None):
+                for token in tokens or ():
                     yield entry.index, token
         finally:
             self.busy.release()
 
     @torch.no_grad()
-    def decode(self, take: Callable[[bool], Live | None]) -> Iterator[tuple[Live, int | None]]:
-        """The batch loop: requests that `take` hands over join free slots between steps; every step decodes all live
-        slots. Yields (request, token) as tokens are read and (request, None) when a request ends (done, stopped or
-        cancelled). `take(idle)` returns the next request or None; `idle` says that nothing is decoding, and None
+    def decode(self, take: Callable[[bool], Live | None]) -> Iterator[tuple[Live, list[int] | None]]:
+        """The batch loop: requests that `take` hands over join free slots between replays; every step decodes all
+        live slots. Yields (request, its new tokens) as a replay's tokens are read and (request, None) when a request
+        ends (done, stopped or cancelled). `take(idle)` returns the next request or None; `idle` says that nothing is decoding, and None
         then ends the loop. The caller holds `busy`."""
         free = list(range(self.max_batch))  # a heap: the lowest free slot first, so live slots stay packed low
         live: dict[int, Live] = {}
@@ -338,30 +379,38 @@ class Engine:
                     copies.append((self._copy_out(), {slot: entry}))
                 if not live:
                     return
-            # Queue the next step before reading: the device computes token n+1 while the host reads token n.
+            # Queue the next replay before reading: the device computes the next tokens while the host reads these.
             stepping = {s: e for s, e in live.items() if e.queued < e.request.max_new_tokens}
             if stepping and all(e.position < self.last_position for e in stepping.values()) and len(copies) < 2:
                 kind = "greedy" if all(e.request.temperature <= 0 for e in live.values()) else "sampled"
                 rows = next(size for size in self.buckets if size > max(stepping))
-                self.steps[kind, rows]()
+                room = min(self.last_position - e.position for e in stepping.values())  # steps before a slide
+                n = self.steps_per_replay if room >= self.steps_per_replay else 1
+                self.steps[kind, rows, n]()
                 for entry in stepping.values():
-                    entry.position += 1
-                    entry.queued += 1
-                copies.append((self._copy_out(), stepping))
+                    entry.position += n
+                    entry.queued += n
+                copies.append((self._copy_out(n), stepping))
             if not copies:
                 continue
             copied, covered = copies.popleft()
             host_tokens = self._read(copied)
             for slot, entry in covered.items():
                 if entry.finished:
-                    continue  # a step queued before it ended
-                token = host_tokens[slot]
-                stopped = token in entry.request.stop_ids and entry.produced >= entry.request.min_new_tokens
-                if not (stopped or entry.cancelled()):
-                    entry.tokens.append(token)
-                    entry.produced += 1
-                    yield entry, token
-                if stopped or entry.cancelled() or entry.produced >= entry.request.max_new_tokens:
+                    continue  # a replay queued before it ended
+                new, stopped, request = [], False, entry.request
+                for token in (row[slot] for row in host_tokens):
+                    if entry.produced + len(new) >= request.max_new_tokens:
+                        break
+                    if token in request.stop_ids and entry.produced + len(new) >= request.min_new_tokens:
+                        stopped = True
+                        break
+                    new.append(token)
+                if new and not entry.cancelled():
+                    entry.tokens += new
+                    entry.produced += len(new)
+                    yield entry, new
+                if stopped or entry.cancelled() or entry.produced >= request.max_new_tokens:
                     yield leave(slot), None
 
     # -- what callers use -------------------------------------------------------------------------------------
@@ -390,7 +439,9 @@ class Engine:
         for temperature in (0.0, 1.0):
             self.generate(
                 [
-                    Request([0], max_new_tokens=self.max_batch - slot + 1, temperature=temperature)
+                    Request(
+                        [0], max_new_tokens=(self.max_batch - slot) * self.steps_per_replay + 1, temperature=temperature
+                    )
                     for slot in range(self.max_batch)
                 ]
             )

@@ -3,7 +3,7 @@
 Requests submitted from any thread (the app's chats, `tinygpt serve`'s HTTP requests) join the shared batch
 between steps and leave it when they end or are cancelled, so one engine serves them all: one KV cache, one CUDA
 graph per batch bucket. Tokens go back to each caller through a callback, a queue (`stream`) or asyncio
-(`astream`).
+(`astream`), a replay's worth at a time: per token, a hand-over between threads would cost more than a step.
 """
 
 import asyncio
@@ -28,9 +28,10 @@ class Scheduler:
         self._thread = threading.Thread(target=self._serve, name="tinygpt-scheduler", daemon=True)
         self._thread.start()
 
-    def submit(self, request: Request, deliver: Callable[[int | None | Exception], None]) -> Callable[[], None]:
-        """Queue `request`; `deliver` is called from the scheduler's thread with each token id, then None at the end
-        (or the exception that ended it). Returns `cancel`, which ends the request before its next token."""
+    def submit(self, request: Request, deliver: Callable[[list[int] | None | Exception], None]) -> Callable[[], None]:
+        """Queue `request`; `deliver` is called from the scheduler's thread with each list of new token ids as it is
+        read, then None at the end (or the exception that ended it). Returns `cancel`, which ends the request before
+        its next read."""
         cancelled = threading.Event()
         self._submitted.put(Live(request, cancelled.is_set, deliver=deliver))
         return cancelled.set
@@ -38,26 +39,30 @@ class Scheduler:
     def stream(self, request: Request, stop_event: threading.Event | None = None) -> Iterator[int]:
         """The request's token ids as they come, in the caller's thread; closing the stream (or setting
         `stop_event`) cancels it."""
-        tokens: queue.SimpleQueue = queue.SimpleQueue()
-        cancel = self.submit(request, tokens.put)
+        reads: queue.SimpleQueue = queue.SimpleQueue()
+        cancel = self.submit(request, reads.put)
         try:
-            while (token := tokens.get()) is not None and not (stop_event is not None and stop_event.is_set()):
-                if isinstance(token, Exception):
-                    raise token
-                yield token
+            while (tokens := reads.get()) is not None:
+                if isinstance(tokens, Exception):
+                    raise tokens
+                for token in tokens:
+                    if stop_event is not None and stop_event.is_set():
+                        return
+                    yield token
         finally:
             cancel()
 
     async def astream(self, request: Request) -> AsyncIterator[int]:
         """As `stream`, for asyncio: the tokens come through the running loop; cancelling the task cancels the
         request."""
-        loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
-        cancel = self.submit(request, lambda token: loop.call_soon_threadsafe(tokens.put_nowait, token))
+        loop, reads = asyncio.get_running_loop(), asyncio.Queue()
+        cancel = self.submit(request, lambda tokens: loop.call_soon_threadsafe(reads.put_nowait, tokens))
         try:
-            while (token := await tokens.get()) is not None:
-                if isinstance(token, Exception):
-                    raise token
-                yield token
+            while (tokens := await reads.get()) is not None:
+                if isinstance(tokens, Exception):
+                    raise tokens
+                for token in tokens:
+                    yield token
         finally:
             cancel()
 
@@ -87,19 +92,19 @@ class Scheduler:
 
         with self.engine.busy:
             try:
-                for entry, token in self.engine.decode(take):
-                    if token is None:
+                for entry, tokens in self.engine.decode(take):
+                    if tokens is None:
                         taken.discard(entry)
-                    self._deliver(entry, token)
+                    self._deliver(entry, tokens)
             except Exception as error:  # the engine failed: every request it held hears why
                 for entry in taken:
                     self._deliver(entry, error)
         return open_[0]
 
     @staticmethod
-    def _deliver(entry: Live, token) -> None:
+    def _deliver(entry: Live, tokens) -> None:
         try:
-            entry.deliver(token)
+            entry.deliver(tokens)
         except RuntimeError:  # the caller's event loop is closed: nobody listens any more
             pass
 

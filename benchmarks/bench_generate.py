@@ -9,8 +9,8 @@ taking turns.
 
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
 `cache_implementation="static"`; and tinygpt.engine.Engine, which every tinygpt surface decodes with (on a CPU:
-eager, the default; compiled, as `--compile` runs it; and compiled with int8 weights, as `--int8` runs it; a
-compiled row's warm-up run compiles). The int8 row's tokens are not expected to equal the others': it reports
+eager, the default; compiled, as `--compile` runs it; and compiled with int8 weights, as `--int8` runs it; on
+CUDA: its default of 8 steps per graph replay, and 1; a compiled row's warm-up run compiles). The int8 row's tokens are not expected to equal the others': it reports
 how many of them match before the first difference.
 
 On a CPU the last row is the command line itself, in the same run: the TinyGPT model saved with a character
@@ -119,6 +119,8 @@ def main():
     ]
     if args.device == "cuda":  # compiled and CUDA-graphed by default
         rows.append(("TinyGPT Engine (CUDA graphs)", engine_with(Engine(ours), "fast")))
+        one_step = Engine(ours, steps_per_replay=1)
+        rows.append(("TinyGPT Engine (1 step per replay)", engine_with(one_step, "one_step")))
     else:  # the default, `--compile` and `--int8`
         rows.append(("TinyGPT Engine (eager)", engine_with(Engine(ours), "fast")))
         rows.append(("TinyGPT Engine (compiled)", engine_with(Engine(ours, compile=True), "compiled")))
@@ -131,7 +133,7 @@ def main():
     reference = outputs["gpt2"][0, args.prompt_tokens :].tolist()
     assert len(reference) == args.new_tokens, "EOS must be off: every run decodes exactly --new_tokens"
     same = [outputs[key][0, args.prompt_tokens :].tolist() == reference for key in ("ours", "static")]
-    same += [outputs[key] == reference for key in ("fast", "compiled") if key in outputs]
+    same += [outputs[key] == reference for key in ("fast", "one_step", "compiled") if key in outputs]
 
     parameters = sum(p.numel() for p in ours.parameters())
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()}, {args.threads} threads"

@@ -47,6 +47,7 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row; the median is reported")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help="cuda runs in bfloat16")
     parser.add_argument("--steps_per_replay", type=int, default=None, help="the engine's (default: its own)")
+    parser.add_argument("--profile", action="store_true", help="then profile one Engine.generate run: top kernels")
     args = parser.parse_args()
     if args.prompt_tokens + args.new_tokens >= SHAPES[args.shape]["n_positions"]:
         parser.error("prompt_tokens + new_tokens must fit the shape's window")
@@ -132,6 +133,8 @@ def main():
             if round_:
                 results[name].append(result)
     scheduler.close()
+    if args.profile:
+        profile_engine(engine_generate, device)
 
     parameters = sum(p.numel() for p in ours.parameters())
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -152,6 +155,25 @@ def main():
                 f" {middle['per_stream']:,.0f} tok/s per stream"
             )
         print(line)
+
+
+def profile_engine(run, device: str) -> None:
+    """One more run under torch.profiler: the device's busy share of the wall time, and where the time went."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        start = time.perf_counter()
+        run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = profiler.key_averages()
+    busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+    print(f"\nprofiled Engine.generate: {wall * 1e3:.1f} ms wall, device kernels {busy * 1e3:.1f} ms")
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=14, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ def report(wall: float, events, args, parameters: int, block_size: int, steps: i
     print("\nlongest kernels (total over the span):")
     for event in top:
         print(f"  {event.self_device_time_total / 1e6:8.3f} s  {event.count:6d}x  {event.key[:100]}")
+    host_ops = sorted((e for e in events if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)[:12]
+    print("\nlongest host operations (self time; cudaStreamSynchronize / _local_scalar_dense are syncs):")
+    for event in host_ops:
+        print(f"  {event.self_cpu_time_total / 1e6:8.3f} s  {event.count:6d}x  {event.key[:100]}")
 
 
 def main():

@@ -215,3 +215,11 @@ def test_int8_weights_need_a_compiled_cpu_engine(model_and_prompt):
         Engine(model, compile=False, int8_weights=True)
     with pytest.raises(ValueError, match="int8_weights is for decoding on a CPU, and the model is on meta"):
         Engine(tiny_model(TinyGPTCharTokenizer.from_corpus("abc")).to("meta"), int8_weights=True)
+
+
+def test_cumulative_sum_in_blocks_is_cumsum():
+    from tinygpt.sampling import cumulative_sum
+
+    for width in (100, 256, 257, 50257):
+        x = torch.rand(3, width, dtype=torch.float64)
+        assert torch.allclose(cumulative_sum(x), x.cumsum(dim=-1)), width

@@ -34,6 +34,21 @@ def sampling_noise(seeds: torch.Tensor, counters: torch.Tensor, vocab_size: int)
     return -uniform.log()
 
 
+def cumulative_sum(x: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """x.cumsum(-1) for (B, V) x, as sums within blocks of `block` plus the sums of the blocks before.
+
+    Why not cumsum: over a large vocabulary (GPT-2's 50,257) inductor splits a long scan across thread blocks,
+    and that kernel cannot take the softmax fused into it (torch 2.11: "NYI TritonSplitDimKernel reductions").
+    Two short scans are never split."""
+    rows, width = x.shape
+    if width <= block:
+        return x.cumsum(dim=-1)
+    padded = torch.nn.functional.pad(x, (0, -width % block)).view(rows, -1, block)  # (B, V / block, block)
+    within = padded.cumsum(dim=-1)
+    before = within[:, :, -1].cumsum(dim=-1) - within[:, :, -1]  # (B, V / block): the blocks before each
+    return (within + before[:, :, None]).view(rows, -1)[:, :width]
+
+
 def sample_next_token(logits, temperature, top_k, top_p, seeds, counters):
     """(B, V) float logits -> (B, 1) token ids, with every knob a (B, 1) tensor (no host syncs, no recompiles).
 
@@ -44,7 +59,7 @@ def sample_next_token(logits, temperature, top_k, top_p, seeds, counters):
     sorted_logits, sorted_ids = logits.sort(dim=-1, descending=True)  # (B, V)
     probs = torch.softmax(sorted_logits / temperature.clamp_min(1e-5), dim=-1)
     rank = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
-    mass_above = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    mass_above = cumulative_sum(probs) - probs  # probability of the tokens ranked above each one
     keep = (rank < top_k) & (mass_above < top_p)  # the top token always survives
     # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's host sync.
     noise = sampling_noise(seeds, counters, logits.shape[-1])
@@ -63,4 +78,4 @@ def settings_from(generation_config) -> dict:
     )
 
 
-__all__ = ["sample_next_token", "sampling_noise", "settings_from"]
+__all__ = ["cumulative_sum", "sample_next_token", "sampling_noise", "settings_from"]

@@ -36,13 +36,16 @@ class _DecodeWrites:
         self.cache, self.positions = cache, positions  # positions (rows,)
 
     def update(self, k, v, layer_idx):
-        """k, v (rows, nh, 1, hs) -> those slots' cache (rows, nh, window, hs)."""
+        """k, v (rows, nh, 1, hs) -> those slots' cache (rows, nh, window, hs).
+
+        The writes index the whole cache tensor: written through a slice of it (`keys[:rows].scatter_`), a
+        compiled step copied the slice back whole, every layer and step."""
         rows = k.shape[0]
-        keys, values = self.cache.keys[layer_idx][:rows], self.cache.values[layer_idx][:rows]
-        where = self.positions.view(-1, 1, 1, 1).expand_as(k)  # (rows, nh, 1, hs)
-        keys.scatter_(2, where, k.to(keys.dtype))  # (under autocast k and v may come in another dtype)
-        values.scatter_(2, where, v.to(values.dtype))
-        return keys, values
+        keys, values = self.cache.keys[layer_idx], self.cache.values[layer_idx]
+        slots = torch.arange(rows, device=k.device)
+        keys[slots, :, self.positions] = k[:, :, 0].to(keys.dtype)  # (rows, nh, hs); autocast may change k's dtype
+        values[slots, :, self.positions] = v[:, :, 0].to(values.dtype)
+        return keys[:rows], values[:rows]
 
 
 class _PrefillWrites:

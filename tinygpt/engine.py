@@ -39,6 +39,7 @@ from contextlib import closing, nullcontext
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .cuda_graphs import HostCopies, captured, graph_on_first_use
 from .quantization import int8_weight_copy
 from .request import Live, Request, sliding_context_length
 from .sampling import sample_next_token
@@ -144,13 +145,11 @@ class Engine:
             # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over a
             # fixed, right-padded window instead (the padding's keys land past the context, where no step looks).
             self.padded_prompt = torch.zeros((1, self.window), dtype=torch.long, device=device)
-            self.steps = {key: self._graph_on_first_use(step) for key, step in self.steps.items()}
+            state = (self.tokens, self.positions, self.generated)  # what capturing a step must leave as it was
+            self.steps = {key: graph_on_first_use(step, state) for key, step in self.steps.items()}
             self.encode = self._encode_padded
-            self._encode_padded_graph = self._captured(self._compiled(self._encode_padded_prompt)).replay
-        if device.type == "cuda":  # pinned host buffers, so a replay's tokens come back while the next one runs
-            self.host_tokens = [torch.zeros((K, B), dtype=torch.long, pin_memory=True) for _ in range(3)]
-            self.copied = [torch.cuda.Event() for _ in range(3)]
-            self.next_buffer = 0
+            self._encode_padded_graph = captured(self._compiled(self._encode_padded_prompt)).replay
+        self.host_copies = HostCopies((K, B), device)  # a replay's tokens come back while the next one runs
         self.busy = threading.Lock()  # held by the one loop decoding (a run, or a Scheduler's turn)
 
     # -- device work ------------------------------------------------------------------------------------------
@@ -243,57 +242,10 @@ class Engine:
         self.padded_prompt[0, : len(context)].copy_(torch.tensor(context), non_blocking=True)
         self._encode_padded_graph()
 
-    def _graph_on_first_use(self, step) -> Callable[[], None]:
-        """`step` as a CUDA graph captured when it first runs, so an engine compiles only the buckets it uses
-        (`warm_up()` captures them all ahead). Capturing runs the step a few times: the slots' state is put back
-        after, and the keys and values it wrote lie past each slot's position, where the next steps write first."""
-        graph = None
-
-        def replay():
-            nonlocal graph
-            if graph is None:
-                state = (self.tokens, self.positions, self.generated)
-                saved = [tensor.clone() for tensor in state]
-                graph = self._captured(step)
-                for tensor, before in zip(state, saved, strict=True):
-                    tensor.copy_(before)
-            graph.replay()
-
-        return replay
-
-    @torch.no_grad()
-    def _captured(self, step) -> torch.cuda.CUDAGraph:
-        """Record a step (a decode step, or a padded prefill) as a CUDA graph: afterwards it is one launch."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (and compilation) off the capturing stream
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        return graph
-
     def _copy_out(self, steps: int = 0):
         """Start moving tokens to the host: the last replay's `steps` rows of them, or (0) every slot's newest token,
-        as one row. `_read` waits for that copy only."""
-        source = self.replay_tokens[:steps] if steps else self.tokens.T  # (n, B)
-        if self.device.type != "cuda":
-            return source.tolist()
-        buffer = self.next_buffer
-        self.next_buffer = (buffer + 1) % len(self.host_tokens)
-        self.host_tokens[buffer][: len(source)].copy_(source, non_blocking=True)
-        self.copied[buffer].record()
-        return buffer, len(source)
-
-    def _read(self, copied) -> list[list[int]]:
-        """The copied rows: [step][slot] token ids."""
-        if self.device.type != "cuda":
-            return copied
-        buffer, rows = copied
-        self.copied[buffer].synchronize()  # that copy's replay only, not one queued after it
-        return self.host_tokens[buffer][:rows].tolist()
+        as one row; `host_copies.read` waits for that copy only."""
+        return self.host_copies.start(self.replay_tokens[:steps] if steps else self.tokens.T)  # (n, B)
 
     # -- the host loop ----------------------------------------------------------------------------------------
 
@@ -394,7 +346,7 @@ class Engine:
             if not copies:
                 continue
             copied, covered = copies.popleft()
-            host_tokens = self._read(copied)
+            host_tokens = self.host_copies.read(copied)  # [step][slot]
             for slot, entry in covered.items():
                 if entry.finished:
                     continue  # a replay queued before it ended

@@ -40,6 +40,28 @@ def test_requests_from_many_threads_join_and_leave_one_batch(model, tokenizer):
     scheduler.close()
 
 
+def test_a_request_joins_while_the_others_decode(model, tokenizer):
+    """A request arriving mid-decode starts at once, not when the batch has drained (the loop keeps a replay in
+    flight, so it must admit with copies on their way)."""
+    from tinygpt.request import Live
+
+    engine = Engine(model, max_batch=2)
+    long = Live(Request(tokenizer.encode("the quick"), max_new_tokens=100), lambda: False)
+    short = Live(Request(tokenizer.encode("a lazy dog"), max_new_tokens=5), lambda: False)
+    arriving, ended, sent = [long], [], []
+    with engine.busy:
+        for entry, tokens in engine.decode(lambda idle: arriving.pop() if arriving else None):
+            if entry is long and long.produced >= 10 and not sent:
+                arriving.append(short)  # arrives once the long one is 10 tokens in
+                sent.append(short)
+            if tokens is None:
+                ended.append((entry, long.produced))
+    (first, long_done_then), (second, _) = ended
+    assert first is short and second is long
+    assert long_done_then < 30  # it ended while the long one was under way, not after its 100 tokens
+    assert short.tokens[len(short.request.prompt_ids) :] == reference_sliding_greedy(model, short.request.prompt_ids, 5)
+
+
 def test_cancelling_frees_the_slot_at_once(model, tokenizer):
     scheduler = Scheduler(Engine(model, max_batch=1))  # one slot: the next request needs this one's
     prompt = tokenizer.encode("the quick")

@@ -298,13 +298,17 @@ class Engine:
 
     @torch.no_grad()
     def decode(self, take: Callable[[bool], Live | None]) -> Iterator[tuple[Live, list[int] | None]]:
-        """The batch loop: requests that `take` hands over join free slots between replays; every step decodes all
-        live slots. Yields (request, its new tokens) as a replay's tokens are read and (request, None) when a request
-        ends (done, stopped or cancelled). `take(idle)` returns the next request or None; `idle` says that nothing is decoding, and None
-        then ends the loop. The caller holds `busy`."""
+        """The batch loop: requests that `take` hands over join free slots while the others decode; every step
+        decodes all live slots. Yields (request, its new tokens) as a replay's tokens are read and (request, None)
+        when a request ends (done, stopped or cancelled). `take(idle)` returns the next request or None; `idle` says
+        that nothing is decoding, and None then ends the loop. The caller holds `busy`.
+
+        The device runs what the host queues in order, so a prefill queued behind the replays in flight lands
+        before the next one, which then includes its slot: requests join without the batch draining first."""
         free = list(range(self.max_batch))  # a heap: the lowest free slot first, so live slots stay packed low
         live: dict[int, Live] = {}
-        copies: deque[tuple[object, dict[int, Live]]] = deque()  # tokens on their way to the host, oldest first
+        # Tokens on their way to the host, oldest first: (copy, the slots it covers, whether a replay made them).
+        copies: deque[tuple[object, dict[int, Live], bool]] = deque()
 
         def leave(slot: int) -> Live:
             entry = live.pop(slot)
@@ -313,13 +317,14 @@ class Engine:
             return entry
 
         while True:
-            if not copies:  # nothing in flight: the host may change the batch
+            if not copies:  # nothing in flight: every token is read, so a full window can slide
                 for slot in [slot for slot, entry in live.items() if entry.cancelled()]:
                     yield leave(slot), None
                 for slot, entry in live.items():
                     if entry.position == self.last_position and entry.queued < entry.request.max_new_tokens:
                         self._prefill(slot, entry)  # slide: re-encode the latest tokens
-                        copies.append((self._copy_out(), {slot: entry}))
+                        copies.append((self._copy_out(), {slot: entry}, False))
+            if all(replay for _, _, replay in copies):  # the last prefills are read: admit more
                 budget = self.window  # prompt tokens encoded this turn (at least one request's)
                 while free and budget > 0 and (entry := take(not live)) is not None:
                     if entry.cancelled() or entry.request.max_new_tokens == 0:
@@ -328,12 +333,13 @@ class Engine:
                     slot = heapq.heappop(free)
                     live[slot] = entry
                     budget -= self._admit(slot, entry)
-                    copies.append((self._copy_out(), {slot: entry}))
-                if not live:
-                    return
+                    copies.append((self._copy_out(), {slot: entry}, False))
+            if not live:
+                return
             # Queue the next replay before reading: the device computes the next tokens while the host reads these.
             stepping = {s: e for s, e in live.items() if e.queued < e.request.max_new_tokens}
-            if stepping and all(e.position < self.last_position for e in stepping.values()) and len(copies) < 2:
+            replays_in_flight = sum(replay for _, _, replay in copies)
+            if stepping and all(e.position < self.last_position for e in stepping.values()) and replays_in_flight < 2:
                 kind = "greedy" if all(e.request.temperature <= 0 for e in live.values()) else "sampled"
                 rows = next(size for size in self.buckets if size > max(stepping))
                 room = min(self.last_position - e.position for e in stepping.values())  # steps before a slide
@@ -342,10 +348,10 @@ class Engine:
                 for entry in stepping.values():
                     entry.position += n
                     entry.queued += n
-                copies.append((self._copy_out(n), stepping))
+                copies.append((self._copy_out(n), stepping, True))
             if not copies:
                 continue
-            copied, covered = copies.popleft()
+            copied, covered, _ = copies.popleft()
             host_tokens = self.host_copies.read(copied)  # [step][slot]
             for slot, entry in covered.items():
                 if entry.finished:

@@ -223,3 +223,14 @@ def test_cumulative_sum_in_blocks_is_cumsum():
     for width in (100, 256, 257, 50257):
         x = torch.rand(3, width, dtype=torch.float64)
         assert torch.allclose(cumulative_sum(x), x.cumsum(dim=-1)), width
+
+
+def test_every_copy_in_flight_keeps_its_own_buffer():
+    """The engine may have two replays and a prefill per joining request on their way to the host at once."""
+    from tinygpt.cuda_graphs import HostCopies
+
+    copies = HostCopies((2, 3), torch.device("cpu"))
+    handles = [copies.start(torch.full((1 + i % 2, 3), i)) for i in range(6)]
+    assert [copies.read(handle) for handle in handles] == [[[i] * 3] * (1 + i % 2) for i in range(6)]
+    again = copies.start(torch.full((1, 3), 9))  # a read buffer is reused
+    assert copies.read(again) == [[9, 9, 9]] and len(copies.spare) == 6

@@ -45,31 +45,34 @@ def graph_on_first_use(step: Callable[[], None], state: Sequence[torch.Tensor]) 
 
 
 class HostCopies:
-    """Token ids on their way to the host: `start(tokens)` queues the copy of a (rows, B) tensor, `read(handle)`
-    waits for that copy only (not for work queued after it) and returns it as lists. On a CPU both are direct."""
+    """Token ids on their way to the host: `start(tokens)` queues the copy of a (rows, B) tensor into a pinned
+    buffer, `read(handle)` waits for that copy only (not for work queued after it) and returns it as lists.
 
-    def __init__(self, shape: tuple[int, int], device: torch.device, in_flight: int = 3):
-        self.on_cuda = device.type == "cuda"
-        if self.on_cuda:
-            self.buffers = [torch.zeros(shape, dtype=torch.long, pin_memory=True) for _ in range(in_flight)]
-            self.copied = [torch.cuda.Event() for _ in range(in_flight)]
-            self.next_buffer = 0
+    Each copy in flight holds a buffer of its own until it is read (the engine may have two replays and a prefill
+    per new request in flight); read buffers are reused. On a CPU the copy is done at once."""
+
+    def __init__(self, shape: tuple[int, int], device: torch.device):
+        self.shape, self.on_cuda = shape, device.type == "cuda"
+        self.spare: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []  # read buffers, free again
 
     def start(self, tokens: torch.Tensor):
-        if not self.on_cuda:
-            return tokens.tolist()
-        buffer = self.next_buffer
-        self.next_buffer = (buffer + 1) % len(self.buffers)
-        self.buffers[buffer][: len(tokens)].copy_(tokens, non_blocking=True)
-        self.copied[buffer].record()
-        return buffer, len(tokens)
+        if self.spare:
+            buffer, copied = self.spare.pop()
+        else:
+            buffer = torch.zeros(self.shape, dtype=torch.long, pin_memory=self.on_cuda)
+            copied = torch.cuda.Event() if self.on_cuda else None
+        buffer[: len(tokens)].copy_(tokens, non_blocking=self.on_cuda)
+        if copied is not None:
+            copied.record()
+        return buffer, copied, len(tokens)
 
     def read(self, handle) -> list[list[int]]:
-        if not self.on_cuda:
-            return handle
-        buffer, rows = handle
-        self.copied[buffer].synchronize()
-        return self.buffers[buffer][:rows].tolist()
+        buffer, copied, rows = handle
+        if copied is not None:
+            copied.synchronize()
+        tokens = buffer[:rows].tolist()
+        self.spare.append((buffer, copied))
+        return tokens
 
 
 __all__ = ["HostCopies", "captured", "graph_on_first_use"]

@@ -286,6 +286,19 @@ def test_a_corpus_is_tokenized_once_and_reused_from_the_cache(tmp_path, monkeypa
         tokenize_corpus(tokenizer, text_documents([str(path)]))
 
 
+def test_the_characters_of_a_corpus_are_listed_once_and_reused(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS * 50 + "\u00e9\u4e2d", encoding="utf-8")
+    characters = token_stream.corpus_characters(text_documents([str(path)]))
+    assert characters == "".join(sorted(set(CORPUS + "\u00e9\u4e2d")))
+
+    def scanning_again(*args, **kwargs):
+        raise AssertionError("scanned the text again instead of reading the cache")
+
+    monkeypatch.setattr(token_stream, "_characters", scanning_again)
+    assert token_stream.corpus_characters(text_documents([str(path)])) == characters
+
+
 def test_windows_are_read_from_the_memory_map_across_chunks(tmp_path, monkeypatch, shared_data):
     text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")

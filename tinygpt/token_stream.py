@@ -97,6 +97,33 @@ def tokenize_corpus(
     return tokens, reused
 
 
+def _characters(batch: dict) -> dict:
+    characters = set()
+    for text in batch["text"]:
+        characters.update(text)
+    return {"characters": ["".join(sorted(characters))]}
+
+
+def corpus_characters(documents: datasets.Dataset, num_proc: int | None = None) -> str:
+    """Every character of the chunks, once each: what a char tokenizer's vocabulary is built from. Found by one
+    `map` written into datasets' cache beside the chunks, so a later run on the same text reads back a row of
+    characters per batch of chunks instead of scanning the whole text again."""
+    fingerprint = Hasher.hash([documents._fingerprint, "characters"])
+    folder = Path(documents.cache_files[0]["filename"]).parent
+    num_proc = num_proc or min(os.cpu_count() or 1, len(documents))
+    found = documents.map(
+        _characters,
+        batched=True,
+        batch_size=8,
+        remove_columns=["text"],
+        num_proc=num_proc if num_proc > 1 else None,
+        cache_file_name=str(folder / f"characters-{fingerprint}.arrow"),
+        new_fingerprint=fingerprint,
+        desc="Listing characters",
+    )
+    return "".join(sorted(set().union(*found["characters"])))
+
+
 class TokenStream:
     """The tokenized corpus as one stream of ids, read in place from the memory-mapped Arrow files of
     `tokenize_corpus`: RAM holds only the pages the windows touch.

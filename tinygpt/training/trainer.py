@@ -31,6 +31,7 @@ from ..configuration_tinygpt import TinyGPTConfig
 from ..loading import ModelLoadError, load_model_and_tokenizer
 from ..modeling_tinygpt import TinyGPTForCausalLM
 from ..muon import MuonWithAdamW
+from ..token_stream import corpus_characters
 from ..tokenization_tinygpt import DataError, build_tokenizer, load_gpt2_chat_tokenizer
 from .args import LATEST, SHAPE_FLAGS, ModelArguments, RunArguments, TrainingSetupError, check_arguments, parse_args
 from .corpus import TrainingData, check_context_fits, conversation_data, read_sources, token_window_data
@@ -240,7 +241,9 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     finished = resume_from is not None and 0 < args.max_steps <= start_step
     with args.main_process_first(desc="reading the corpus"):  # one process fills datasets' cache, the rest read it
         corpus, conversations, heldout, description = read_sources(run.data, seed=args.seed)
-    texts = corpus["text"] if isinstance(corpus, datasets.Dataset) else corpus  # chunks are read lazily, in batches
+        texts = corpus["text"] if isinstance(corpus, datasets.Dataset) else corpus  # chunks read lazily, in batches
+        if run.data.tokenizer == "char" and isinstance(corpus, datasets.Dataset) and corpus.cache_files:
+            texts = corpus_characters(corpus)  # all a char vocabulary needs, cached for the next run
     model, tokenizer = model_and_tokenizer(run, texts, resume_from)
     block_size = model.config.n_positions
     if conversations is None:  # every window is block_size tokens long: check that one fits before encoding

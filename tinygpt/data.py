@@ -105,6 +105,7 @@ def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
             _chunk_rows,
             features=CHUNK_FEATURES,
             gen_kwargs={"sources": keyed},
+            writer_batch_size=16,  # rows of ~1 MB: datasets' default of 1,000 rows a write held 1 GB in memory
         )
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__

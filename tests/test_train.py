@@ -295,8 +295,27 @@ def test_torchrun_two_cpu_processes_fine_tune_a_run_and_write_once(workdir, corp
     assert result.returncode == 0, describe(result)
     assert result.stdout.count("saved to") == 1 and result.stdout.count("device: cpu") == 1
     metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["device"] == "2 x cpu" and metrics["tokens_seen"] == 3 * 4 * 2 * 32  # global batch: 2 x 4
+    assert metrics["device"] == "2 x cpu, DDP" and metrics["tokens_seen"] == 3 * 4 * 2 * 32  # global batch: 2 x 4
     assert json.loads((output / "run_settings.json").read_text())["training"]["world_size"] == 2
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert (output / "vocab.json").read_text() == (source / "vocab.json").read_text()  # the model's own tokenizer
     assert f"fine-tuned from | {source}" in (output / "README.md").read_text()
+
+
+def test_fsdp_through_the_trainer_flags_saves_whole_weights_and_resumes(workdir, corpus):
+    """`torchrun ... train.py --fsdp` (two CPU processes over gloo): the weights are sharded while training, the
+    saved model holds them whole, and a resumed run ends where the uninterrupted one did."""
+    output = workdir / "fsdp"
+    flags = [*TINY, "--max_steps", "4", "--text_file", corpus[0], "--output_dir", output, "--fsdp"]
+    flags += ["--disable_tqdm", "true", "--use_cpu"]
+    result = run_train(*flags, cwd=workdir, torchrun_processes=2)
+    assert result.returncode == 0, describe(result)
+    whole = json.loads((output / "metrics.json").read_text())
+    assert whole["device"] == "2 x cpu, FSDP" and whole["global_step"] == 4
+    model = tinygpt.AutoModelForCausalLM.from_pretrained(output)
+    assert model.num_parameters() == whole["parameters"]
+    shutil.rmtree(output / "checkpoint-4")
+    result = run_train(*flags, "--resume_from_checkpoint", output / "checkpoint-2", cwd=workdir, torchrun_processes=2)
+    assert result.returncode == 0, describe(result)
+    resumed = json.loads((output / "metrics.json").read_text())
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-5)

@@ -108,11 +108,22 @@ def peak_memory() -> tuple[int, str]:
 
 
 def summarize(
-    run: RunArguments, model, tokenizer, data: TrainingData, state, train_metrics, eval_metrics, start_step, wall_start
+    run: RunArguments,
+    model,
+    tokenizer,
+    data: TrainingData,
+    state,
+    train_metrics,
+    eval_metrics,
+    start_step,
+    wall_start,
+    fsdp: bool = False,
 ):
-    """The run's figures: losses, exact match on held-out questions, speed, memory, a sample."""
+    """The run's figures: losses, exact match on held-out questions, speed, memory, a sample. `fsdp`: the processes
+    (if several) sharded the model rather than each holding a copy (DDP)."""
     args = run.training
     examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    parallelism = "FSDP" if fsdp else "DDP"
     tokens_per_step = examples_per_step * data.tokens_per_example
     steps_this_session = state.global_step - start_step  # a resumed run timed only its own steps
     train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
@@ -131,7 +142,7 @@ def summarize(
         vocab_size=model.config.vocab_size,
         parameters=model.num_parameters(),
         parameters_without_positions=model.num_parameters() - model.transformer.wpe.weight.numel(),
-        device=run.policy.device if args.world_size == 1 else f"{args.world_size} x {run.policy.device}",
+        device=run.policy.device if args.world_size == 1 else f"{args.world_size} x {run.policy.device}, {parallelism}",
         precision=run.policy.precision,
         global_step=state.global_step,
         tokens_seen=int(state.global_step * tokens_per_step),

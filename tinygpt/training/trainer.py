@@ -294,7 +294,16 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
             trainer.model, keep_fp32_wrapper=False, keep_torch_compile=False
         ).eval()
         summary = summarize(
-            run, model, tokenizer, data, trainer.state, train_metrics, eval_metrics, start_step, wall_start
+            run,
+            model,
+            tokenizer,
+            data,
+            trainer.state,
+            train_metrics,
+            eval_metrics,
+            start_step,
+            wall_start,
+            fsdp=trainer.is_fsdp_enabled,  # --fsdp, or accelerate launch's FSDP config
         )
         try:
             save_final_model(output_dir, model, tokenizer, summary, trainer.state.log_history)

@@ -5,6 +5,7 @@ Run them on a GPU machine with `python -m pytest -m cuda tests/test_gpu.py`.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,33 @@ def test_bf16_training_steps_on_the_gpu(tmp_path, compile_flags):
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["device"] == "cuda" and metrics["precision"] == "bf16", metrics
     assert metrics["val_loss"] < 2.5, metrics  # a 40-character corpus, learned well past uniform (ln 40 = 3.7)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP needs 2 CUDA GPUs")
+def test_fsdp_on_two_gpus_saves_whole_weights_and_resumes(tmp_path):
+    """`torchrun --nproc_per_node=2 train.py --fsdp`: the Trainer shards the model through accelerate, the saved
+    model holds whole weights, and a resumed run ends where the uninterrupted one did."""
+    from transformers import AutoModelForCausalLM
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((ENGINE_CORPUS + "\n") * 400, encoding="utf-8")
+    output = tmp_path / "fsdp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(REPO / "train.py"), "--text_file", str(corpus), "--output_dir", str(output), "--fsdp"]
+    command += ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32", "--torch_compile", "False"]
+    command += ["--max_steps", "20", "--eval_steps", "10", "--save_steps", "10", "--logging_steps", "10"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole = json.loads((output / "metrics.json").read_text())
+    assert whole["device"] == "2 x cuda, FSDP" and whole["global_step"] == 20, whole
+    assert AutoModelForCausalLM.from_pretrained(output).num_parameters() == whole["parameters"]
+    shutil.rmtree(output / "checkpoint-20")
+    resumed = subprocess.run(
+        command + ["--resume_from_checkpoint", str(output / "checkpoint-10")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((output / "metrics.json").read_text())["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-3)

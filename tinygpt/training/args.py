@@ -260,6 +260,12 @@ def check_arguments(run: RunArguments) -> None:
         value = next(getattr(group, name) for group in (run.training, run.data) if hasattr(group, name))
         if value is not None and value < 1:
             raise TrainingSetupError(f"--{name} must be at least 1, got {value}.")
+    if run.training.fsdp and run.policy.device != "cuda":
+        # accelerate shards only over GPUs: elsewhere --fsdp would silently train every process's whole copy
+        raise TrainingSetupError(
+            f"--fsdp shards the model over CUDA GPUs, and this run is on {run.policy.device}; drop --fsdp "
+            "(under torchrun the processes then train with DDP)."
+        )
     check_output_dir_writable(Path(run.training.output_dir))
 
 

@@ -135,8 +135,15 @@ def test_several_steps_per_replay_give_the_same_tokens(model_and_prompt, tokeniz
         engine = Engine(model, max_batch=3, steps_per_replay=steps)
         assert engine.generate(requests) == one_at_a_time, steps
         assert list(engine.stream(prompt, max_new_tokens=N_POSITIONS)) == alone
+    event = threading.Event()
+    stream = Engine(model, steps_per_replay=4).stream(prompt, max_new_tokens=30, stop_event=event)
+    assert [next(stream), next(stream)] == alone[:2]
+    event.set()
+    assert list(stream) == []  # not the rest of the replay already read
     with pytest.raises(ValueError, match="steps_per_replay must be 1 or more"):
         Engine(model, steps_per_replay=0)
+    with pytest.raises(ValueError, match="seed must be a 64-bit integer"):
+        Request(prompt, seed=2**63)
 
 
 def test_stop_event_and_cancelling_free_the_slot(model_and_prompt):

@@ -166,12 +166,47 @@ def test_dropped_streams_free_their_slots_at_once(client, model_id):
     assert time.monotonic() - started < 10
 
 
+def test_abandoned_whole_replies_free_their_slots(server, model_id):
+    # As many rambling non-streamed requests as the server has slots, each given up by its client after a second.
+    # Had they kept decoding, the next request would wait for 4 x 100,000 tokens.
+    def abandon():
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{server[0]}/chat/completions",
+                json={"model": model_id, "messages": [{"role": "user", "content": "zzz"}], "temperature": 2.0,
+                      "max_tokens": 100_000, "min_tokens": 100_000},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=1.0,
+            )  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=MAX_BATCH) as pool:
+        list(pool.map(lambda _: abandon(), range(MAX_BATCH)))
+    started = time.monotonic()
+    client = openai.OpenAI(base_url=server[0], api_key=API_KEY, max_retries=0, timeout=20)
+    reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}], temperature=0)
+    assert reply.choices[0].message.content == "hello!"
+    assert time.monotonic() - started < 10
+
+
+def test_stop_strings_are_found_across_pieces_and_held_back():
+    from tinygpt.serving import StopStrings
+
+    stop = StopStrings(["END", "the end"])
+    sent = [stop.push(piece) for piece in ["it was th", "e e", "nd of it"]]
+    assert sent == ["it was ", "", ""] and stop.stopped
+    assert StopStrings(["abc"]).push("xxabxxab") == "xxabxx"  # "ab" may begin the stop string: held back
+
+
 def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(client, model_id, server):
     hi = [{"role": "user", "content": "hi"}]
     cases = [
         (openai.NotFoundError, dict(model="no-such-model", messages=hi), "does not exist here"),
         (openai.BadRequestError, dict(model=model_id, messages=hi, n=2), "only n=1"),
         (openai.BadRequestError, dict(model=model_id, messages=hi, max_tokens=-1), "max_tokens"),
+        (openai.BadRequestError, dict(model=model_id, messages=hi, seed=2**63), "seed"),  # past int64
+        (openai.BadRequestError, dict(model=model_id, messages=hi, extra_body={"top_k": 2**64}), "top_k"),
+        (openai.BadRequestError, dict(model=model_id, messages=hi, stop=list("abcde")), "at most 4 stop strings"),
+        (openai.BadRequestError, dict(model=model_id, messages=hi, stop="x" * 257), "at most 256 characters"),
         (
             openai.BadRequestError,
             dict(model=model_id, messages=[{"role": "user", "content": "hi " * 40}]),

@@ -263,7 +263,7 @@ class Engine:
     def _admit(self, slot: int, live: Live) -> int:
         request, V = live.request, self.config.vocab_size
         self.temperature[slot] = request.temperature
-        self.top_k[slot] = request.top_k if request.top_k and request.top_k > 0 else V
+        self.top_k[slot] = min(request.top_k, V) if request.top_k and request.top_k > 0 else V
         self.top_p[slot] = request.top_p if request.top_p is not None and 0 < request.top_p < 1 else 1.0
         self.min_new[slot] = min(request.min_new_tokens, request.max_new_tokens)
         seed = request.seed if request.seed is not None else int(torch.randint(1 << 62, ()))
@@ -292,6 +292,8 @@ class Engine:
         try:
             for entry, tokens in self.decode(lambda idle: waiting.popleft() if waiting else None):
                 for token in tokens or ():
+                    if entry.cancelled():  # a replay's tokens come at once: stop inside them too
+                        break
                     yield entry.index, token
         finally:
             self.busy.release()

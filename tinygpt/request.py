@@ -4,6 +4,8 @@ the one rule for its context once the window is full (`sliding_context_length`).
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+INT64_MAX = (1 << 63) - 1
+
 
 @dataclass
 class Request:
@@ -25,6 +27,12 @@ class Request:
             raise ValueError("Engine: max_new_tokens and min_new_tokens must be 0 or more.")
         if self.temperature < 0:
             raise ValueError(f"Engine: temperature must be 0 (greedy) or more, got {self.temperature}.")
+        counts = {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens, "top_k": self.top_k}
+        for name, value in counts.items():  # each lands in an int64 slot of the engine's state
+            if value is not None and value > INT64_MAX:
+                raise ValueError(f"Engine: {name} must be at most {INT64_MAX}, got {value}.")
+        if self.seed is not None and not -INT64_MAX - 1 <= self.seed <= INT64_MAX:
+            raise ValueError(f"Engine: seed must be a 64-bit integer, got {self.seed}.")
 
 
 def sliding_context_length(sequence_length: int, window: int) -> int:
@@ -51,4 +59,4 @@ class Live:
         self.tokens = self.tokens or list(self.request.prompt_ids)
 
 
-__all__ = ["Live", "Request", "sliding_context_length"]
+__all__ = ["INT64_MAX", "Live", "Request", "sliding_context_length"]

@@ -31,7 +31,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +43,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .chat import ChatModel, IncrementalDecoder, build_prompt, message_text
+from .request import INT64_MAX
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always accepted in the Host header
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # binding every interface: the machine's own names are accepted too
@@ -58,14 +59,14 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # not OpenAI's: vLLM's extra fields
-    min_tokens: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=INT64_MAX)  # not OpenAI's: vLLM's extra fields
+    min_tokens: int | None = Field(None, ge=0, le=INT64_MAX)
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
     stream: bool = False
     stream_options: dict | None = None
 
@@ -79,7 +80,7 @@ class Message(BaseModel):
 
 class ChatCompletionBody(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)  # the newer name of max_tokens
 
 
 class CompletionBody(Sampling):
@@ -171,7 +172,7 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
         if not turns:
             raise APIError(400, "messages: there is no user message to reply to.", param="messages")
         prompt_ids = build_prompt(model.tokenizer, turns, system_prompt=system or None, max_prompt_tokens=1 << 30)
-        return await respond(model, body, prompt_ids, chat=True)
+        return await respond(model, body, prompt_ids, chat=True, gone=request.is_disconnected)
 
     @router.post("/completions")
     async def completions(request: Request):
@@ -183,7 +184,7 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
         prompt_ids = model.tokenizer(prompts[0])["input_ids"]
         if not prompt_ids:
             raise APIError(400, "prompt: the prompt is empty.", param="prompt")
-        return await respond(model, body, prompt_ids, chat=False)
+        return await respond(model, body, prompt_ids, chat=False, gone=request.is_disconnected)
 
     return router
 
@@ -196,16 +197,22 @@ def model_entry(model_id: str) -> dict:
 # -- decoding -------------------------------------------------------------------------------------------------
 
 
+MAX_STOP_CHARS = 256  # per stop string
+
+
 class StopStrings:
     """Text in, the text safe to send out: it ends before the first stop string, and an end that may begin one is
-    held back until the next text shows it does not."""
+    held back until the next text shows it does not. Each piece costs time in the stop strings' length, not the
+    reply's: only a match that ends in the new piece can be new."""
 
     def __init__(self, stops: list[str]):
         self.stops, self.text, self.sent, self.stopped = [stop for stop in stops if stop], "", 0, False
+        self.longest = max(map(len, self.stops), default=0)
 
     def push(self, piece: str) -> str:
+        start = max(0, len(self.text) - self.longest + 1)  # earlier text held no stop string
         self.text += piece
-        found = [at for stop in self.stops if (at := self.text.find(stop)) >= 0]
+        found = [at for stop in self.stops if (at := self.text.find(stop, start)) >= 0]
         if found:
             self.stopped = True
             end = min(found)
@@ -233,8 +240,11 @@ class Generation:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
 
-async def respond(model: ChatModel, body: Sampling, prompt_ids: list[int], chat: bool):
-    """Check the request against the model, then decode it: one JSON response, or a stream of chunks."""
+async def respond(
+    model: ChatModel, body: Sampling, prompt_ids: list[int], chat: bool, gone: Callable[[], Awaitable[bool]]
+):
+    """Check the request against the model, then decode it: one JSON response, or a stream of chunks. `gone()`
+    says whether the client went away (Starlette ends a stream itself; a whole reply must ask)."""
     if body.n != 1:
         raise APIError(400, f"n: only n=1 is supported, got {body.n}.", param="n", code="unsupported_value")
     room = model.window - 1  # the reply needs at least one position
@@ -246,6 +256,9 @@ async def respond(model: ChatModel, body: Sampling, prompt_ids: list[int], chat:
             param="messages" if chat else "prompt",
             code="context_length_exceeded",
         )
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    if len(stops) > 4 or any(len(stop) > MAX_STOP_CHARS for stop in stops):  # OpenAI's 4; kept cheap to match
+        raise APIError(400, f"stop: at most 4 stop strings of at most {MAX_STOP_CHARS} characters each.", param="stop")
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
     settings = dict(
         max_new_tokens=max_tokens,
@@ -257,14 +270,14 @@ async def respond(model: ChatModel, body: Sampling, prompt_ids: list[int], chat:
     settings = {name: value for name, value in settings.items() if value is not None}
     request = model.request(prompt_ids, seed=body.seed, **settings)
     generation = Generation(prompt_tokens=len(prompt_ids))
-    pieces = decode_text(model, request, [body.stop] if isinstance(body.stop, str) else body.stop or [], generation)
+    pieces = decode_text(model, request, stops, generation)
     reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     header = {"id": reply_id, "created": created, "model": body.model}
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         events = sse_chunks(header, pieces, generation, chat, include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await whole_reply(header, pieces, generation, chat)
+    return await whole_reply(header, pieces, generation, chat, gone)
 
 
 async def decode_text(model: ChatModel, request, stops: list[str], generation: Generation) -> AsyncIterator[str]:
@@ -287,8 +300,16 @@ async def decode_text(model: ChatModel, request, stops: list[str], generation: G
         await tokens.aclose()
 
 
-async def whole_reply(header: dict, pieces: AsyncIterator[str], generation: Generation, chat: bool) -> dict:
-    text = "".join([piece async for piece in pieces])
+async def whole_reply(
+    header: dict, pieces: AsyncIterator[str], generation: Generation, chat: bool, gone: Callable[[], Awaitable[bool]]
+) -> dict:
+    parts = []
+    async for piece in pieces:
+        parts.append(piece)
+        if await gone():  # nobody will read the reply: stop decoding it (closing the pieces cancels the request)
+            await pieces.aclose()
+            return {}
+    text = "".join(parts)
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}}
     else:

@@ -10,9 +10,10 @@ what a text needs and puts everything that decides how text is decoded in one ob
   position; a step feeds every live slot's newest token at once, over the smallest batch bucket (1, 2, 4, ...)
   covering them, so one request alone costs what it did in an engine of one slot.
 - One loop (`decode`), two drivers: `run()` decodes a list of requests in the caller's thread; a Scheduler
-  (tinygpt.scheduler) drives it from its own thread for requests arriving from many threads. Between steps the
-  loop drops cancelled requests, slides full windows and admits new requests, up to one window of prompt tokens
-  a turn, so a burst of long prompts stalls the others by one window's prefill at most.
+  (tinygpt.scheduler) drives it from its own thread for requests arriving from many threads. Between replays
+  the loop admits new requests while the others' replays are still in flight (up to one window of prompt tokens
+  a turn, so a burst of long prompts stalls the others by one window's prefill at most), drops cancelled
+  requests and, once every token is read, slides full windows.
 - Each request keeps its own sampling settings (tinygpt.sampling), stop tokens (not returned), max_new_tokens and
   min_new_tokens (stop tokens banned until then, as generate()'s MinNewTokensLength processor).
 - The window: learned positions end at n_positions. A slot that fills it re-encodes its last 3/4 window

@@ -28,12 +28,14 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from bench_generate import CHAR_SHAPE  # noqa: E402  (this folder is on sys.path when a benchmark runs)
+
 from tinygpt import TinyGPTForCausalLM  # noqa: E402
 from tinygpt.engine import Engine, Request  # noqa: E402
 from tinygpt.scheduler import Scheduler  # noqa: E402
 
 SHAPES = {
-    "char": dict(vocab_size=128, n_positions=256, n_embd=384, n_layer=6, n_head=6),
+    "char": CHAR_SHAPE,
     "gpt2-small": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
 }
 

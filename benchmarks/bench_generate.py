@@ -41,6 +41,7 @@ from tinygpt.engine import Engine  # noqa: E402
 
 SHAKESPEARE_CHARS = 65
 VOCAB_SIZE = -(-(SHAKESPEARE_CHARS + len(SPECIAL_TOKENS)) // 64) * 64  # 71 tokens -> 128 rows
+CHAR_SHAPE = dict(vocab_size=VOCAB_SIZE, n_positions=256, n_embd=384, n_layer=6, n_head=6)  # nanoGPT's 10.65M
 
 
 def parse_args():
@@ -62,8 +63,7 @@ def parse_args():
 def build_models(device, dtype):
     """(HF GPT-2, TinyGPT with the same weights), eval mode; no EOS so every run decodes the full length."""
     torch.manual_seed(0)
-    shape = dict(vocab_size=VOCAB_SIZE, n_positions=256, n_embd=384, n_layer=6, n_head=6)
-    gpt2 = GPT2LMHeadModel(GPT2Config(**shape, bos_token_id=None, eos_token_id=None, pad_token_id=0))
+    gpt2 = GPT2LMHeadModel(GPT2Config(**CHAR_SHAPE, bos_token_id=None, eos_token_id=None, pad_token_id=0))
     ours = TinyGPTForCausalLM.from_gpt2(gpt2)
     return gpt2.to(device, dtype).eval(), ours.to(device, dtype).eval()
 

@@ -26,9 +26,10 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from bench_train_gpu import PEAK_FLOPS  # noqa: E402  (this folder is on sys.path when a benchmark runs)
+
 from tinygpt.training import trainer as training  # noqa: E402
 
-PEAK_FLOPS = 989e12
 KINDS = [  # (kind, substrings of a kernel's name), first match wins
     ("matrix products", ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul", "splitk")),
     ("attention", ("flash", "fmha", "attention")),

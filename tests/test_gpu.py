@@ -56,6 +56,38 @@ def test_cuda_graph_engine_batches_requests_that_join_and_leave(fp32_model, toke
         assert output == reference_sliding_greedy(fp32_model, request.prompt_ids, request.max_new_tokens)
 
 
+def test_prefill_spans_give_generates_greedy_tokens(tokenizer):
+    """A prompt is encoded right-padded to the shortest span that holds it (64, 128, 160 for a 160-token window):
+    each span's graph gives generate()'s greedy tokens."""
+    model = tiny_model(tokenizer, n_positions=160).to("cuda")
+    engine = Engine(model)
+    assert engine.prompt_spans == [64, 128, 160]
+    text = tokenizer.encode(ENGINE_CORPUS * 4)
+    for length in (5, 64, 65, 130):  # spans 64, 64, 128, 160
+        prompt = text[:length]
+        expected = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=12, do_sample=False)
+        assert list(engine.stream(prompt, max_new_tokens=12)) == expected[0, length:].tolist(), length
+
+
+def test_decoding_waits_for_the_device_only_to_read_tokens(fp32_model, tokenizer):
+    """Once warmed up, admitting requests (settings, stop tokens, prefill) and replaying steps never synchronize
+    with the device: a sync there stalls the replays in flight. torch's sync debug mode raises on any."""
+    engine = Engine(fp32_model, max_batch=4)
+    engine.warm_up()
+    prompts = [tokenizer.encode(text) for text in ("the quick", "a lazy dog", "0123", "fox", "over the")]
+    stop = tokenizer.encode("o")
+    requests = [
+        Request(p, max_new_tokens=20, min_new_tokens=3, stop_ids=stop, temperature=0.9, top_p=0.9, seed=i)
+        for i, p in enumerate(prompts)
+    ]
+    expected = engine.generate(requests)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assert engine.generate(requests) == expected
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_scheduler_on_cuda_graph_buckets_serves_threads_like_the_plain_loop(fp32_model, tokenizer):
     import threading
 

@@ -22,6 +22,8 @@ def test_batch_buckets():
     assert batch_buckets(1) == [1]
     assert batch_buckets(8) == [1, 2, 4, 8]
     assert batch_buckets(12) == [1, 2, 4, 8, 12]
+    assert batch_buckets(256, smallest=64) == [64, 128, 256]  # the prefill spans of a 256-token window
+    assert batch_buckets(48, smallest=64) == [48]
 
 
 def test_requests_from_many_threads_join_and_leave_one_batch(model, tokenizer):

@@ -22,7 +22,8 @@ what a text needs and puts everything that decides how text is decoded in one ob
   is compiled and `steps_per_replay` of them are captured as one CUDA graph, one per batch bucket and step kind
   (when first used): a replay decodes several tokens per slot, and the host reads them at once while the next
   replay runs. A token past a request's stop or its max_new_tokens costs a little GPU time and is dropped; a slot
-  near the window's end takes single steps until it slides. On a CPU compiling is optional (`compile=True`:
+  near the window's end takes single steps until it slides. A prefill is one graph too, over the context
+  right-padded to the shortest span (64, 128, ... the window) that holds it. On a CPU compiling is optional (`compile=True`:
   inductor turns each one-row matrix product into a fused multiply-and-sum); `int8_weights=True` decodes with an
   int8-weight copy of the model (tinygpt.quantization), small enough to stay in the CPU's cache.
 - The model runs its own `forward`, handed the slot cache through the `cache.update(k, v, layer_idx)` contract
@@ -40,7 +41,7 @@ from contextlib import closing, nullcontext
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .cuda_graphs import HostCopies, captured, graph_on_first_use
+from .cuda_graphs import HostCopies, graph_on_first_use
 from .quantization import int8_weight_copy
 from .request import Live, Request, sliding_context_length
 from .sampling import sample_next_token
@@ -57,9 +58,9 @@ def resolve_placement(model, device, dtype, int8_weights: bool):
     return (torch.device(device) if device is not None else model.device), dtype
 
 
-def batch_buckets(max_batch: int) -> list[int]:
-    """The batch sizes a step is made for: powers of two below max_batch, and max_batch."""
-    return [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch] + [max_batch]
+def batch_buckets(largest: int, smallest: int = 1) -> list[int]:
+    """The sizes a step is made for: powers of two from `smallest` below `largest`, and `largest`."""
+    return [1 << i for i in range(largest.bit_length()) if smallest <= 1 << i < largest] + [largest]
 
 
 class Engine:
@@ -143,13 +144,18 @@ class Engine:
             for n in lengths
         }
         if use_compile and device.type == "cuda":
-            # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over a
-            # fixed, right-padded window instead (the padding's keys land past the context, where no step looks).
+            # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over the
+            # context right-padded to a fixed length instead, the shortest of a few spans (64, 128, ... the window)
+            # that holds it (the padding's keys land past the context, where no step looks).
             self.padded_prompt = torch.zeros((1, self.window), dtype=torch.long, device=device)
             state = (self.tokens, self.positions, self.generated)  # what capturing a step must leave as it was
             self.steps = {key: graph_on_first_use(step, state) for key, step in self.steps.items()}
             self.encode = self._encode_padded
-            self._encode_padded_graph = captured(self._compiled(self._encode_padded_prompt)).replay
+            encode_span = self._compiled(self._encode_padded_prompt)
+            self.prompt_spans = batch_buckets(self.window, smallest=64)
+            self.prefills = {
+                span: graph_on_first_use(functools.partial(encode_span, span), state) for span in self.prompt_spans
+            }
         self.host_copies = HostCopies((K, B), device)  # a replay's tokens come back while the next one runs
         self.busy = threading.Lock()  # held by the one loop decoding (a run, or a Scheduler's turn)
 
@@ -234,14 +240,14 @@ class Engine:
         positions = torch.arange(len(context), device=self.device)[None, :]
         self._finish_prefill(self._logits(ids, positions, None, self.cache.prefilling(self.slot)))
 
-    def _encode_padded_prompt(self):
-        positions = self.key_positions[None, :]  # (1, S): the whole window, the context right-padded
+    def _encode_padded_prompt(self, span: int):
+        positions = self.key_positions[None, :span]  # (1, span): the context, right-padded
         cache = self.cache.prefilling(self.slot)
-        self._finish_prefill(self._logits(self.padded_prompt, positions, None, cache, keep=self.last))
+        self._finish_prefill(self._logits(self.padded_prompt[:, :span], positions, None, cache, keep=self.last))
 
     def _encode_padded(self, context: list[int]):
         self.padded_prompt[0, : len(context)].copy_(torch.tensor(context), non_blocking=True)
-        self._encode_padded_graph()
+        self.prefills[next(span for span in self.prompt_spans if span >= len(context))]()
 
     def _copy_out(self, steps: int = 0):
         """Start moving tokens to the host: the last replay's `steps` rows of them, or (0) every slot's newest token,
@@ -256,23 +262,24 @@ class Engine:
         context = live.tokens[-sliding_context_length(len(live.tokens), self.window) :]
         self.slot.fill_(slot)
         self.last.fill_(len(context) - 1)
-        self.generated[slot] = live.queued
+        self.generated[slot].fill_(live.queued)
         self.encode(context)
         live.position, live.queued = len(context), live.queued + 1
         return len(context)
 
     def _admit(self, slot: int, live: Live) -> int:
+        """Write the slot's settings and prefill it. Nothing here waits for the device: each setting is a fill_
+        (`tensor[i] = number` on a 1-D CUDA tensor copies a host scalar and synchronizes, stalling the replays in
+        flight), and the stop row is copied from the host without waiting."""
         request, V = live.request, self.config.vocab_size
-        self.temperature[slot] = request.temperature
-        self.top_k[slot] = min(request.top_k, V) if request.top_k and request.top_k > 0 else V
-        self.top_p[slot] = request.top_p if request.top_p is not None and 0 < request.top_p < 1 else 1.0
-        self.min_new[slot] = min(request.min_new_tokens, request.max_new_tokens)
-        seed = request.seed if request.seed is not None else int(torch.randint(1 << 62, ()))
-        self.seeds[slot] = seed
-        self.is_stop[slot] = False
-        stop_ids = [i for i in request.stop_ids if 0 <= i < V]
-        if stop_ids:
-            self.is_stop[slot, stop_ids] = True
+        self.temperature[slot].fill_(request.temperature)
+        self.top_k[slot].fill_(min(request.top_k, V) if request.top_k and request.top_k > 0 else V)
+        self.top_p[slot].fill_(request.top_p if request.top_p is not None and 0 < request.top_p < 1 else 1.0)
+        self.min_new[slot].fill_(min(request.min_new_tokens, request.max_new_tokens))
+        self.seeds[slot].fill_(request.seed if request.seed is not None else int(torch.randint(1 << 62, ())))
+        is_stop = torch.zeros(V, dtype=torch.bool)
+        is_stop[[i for i in request.stop_ids if 0 <= i < V]] = True
+        self.is_stop[slot].copy_(is_stop, non_blocking=True)
         return self._prefill(slot, live)
 
     def run(
@@ -396,7 +403,8 @@ class Engine:
 
     def warm_up(self) -> None:
         """Run every step once (each kind at each bucket), so that compiling happens now rather than in a request:
-        a full batch whose highest slots finish first, so the live slots shrink through every bucket."""
+        a full batch whose highest slots finish first, so the live slots shrink through every bucket; then, on
+        CUDA, a prompt that fills each prefill span."""
         for temperature in (0.0, 1.0):
             self.generate(
                 [
@@ -406,6 +414,8 @@ class Engine:
                     for slot in range(self.max_batch)
                 ]
             )
+        for span in getattr(self, "prompt_spans", ()):
+            self.generate([Request([0] * min(span, self.window - 1), max_new_tokens=1)])
 
 
 __all__ = ["Engine", "Request", "batch_buckets"]  # Request (tinygpt.request) is what Engine takes

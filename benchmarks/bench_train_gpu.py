@@ -39,7 +39,8 @@ PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
 
 def steady_rate(command: list[str], cwd: Path, pattern: str, tokens_per_step: int, skip_steps: int) -> dict:
     """Run `command`, stamp every output line matching `pattern` (group 1: the step, or none: every 10th step),
-    return the steady tok/s and the parameters the run printed ("training 124.48M parameters", tinygpt)."""
+    return the steady tok/s and the parameters the run printed (tinygpt: "training 124.48M parameters"; nanoGPT:
+    "number of parameters: 10.65M", which leaves out the position embeddings)."""
     print("+", " ".join(command), flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
@@ -51,7 +52,7 @@ def steady_rate(command: list[str], cwd: Path, pattern: str, tokens_per_step: in
         if match:
             step = int(match.group(1)) if match.groups() else 10 * (len(stamps) + 1)
             stamps.append((step, time.perf_counter() - start))
-        counted = re.match(r"training ([0-9.]+)M parameters", line)
+        counted = re.match(r"(?:training|number of parameters:) ([0-9.]+)M", line)  # tinygpt's or nanoGPT's line
         if counted:
             parameters = float(counted.group(1)) * 1e6
     if process.wait() != 0:

@@ -116,7 +116,8 @@ def test_sampling_knobs(model_and_prompt):
 
 def test_several_steps_per_replay_give_the_same_tokens(model_and_prompt, tokenizer):
     """What CUDA does by default (8 steps per graph replay), on the CPU: tokens past a stop or max_new_tokens are
-    dropped, a slot near the window's end takes single steps until it slides, sampling draws the same."""
+    dropped, so are a slot's steps past the window's end (it slides before its next replay), and sampling draws
+    the same."""
     model, prompt = model_and_prompt
     prompts = [prompt, tokenizer.encode("a lazy dog"), tokenizer.encode("0123"), tokenizer.encode("fox")]
     stop = reference_sliding_greedy(model, prompt, 30)[6]

@@ -21,11 +21,12 @@ what a text needs and puts everything that decides how text is decoded in one ob
 - Placement and speed: `device="auto"` puts the model on a CUDA GPU in bf16 when there is one. On CUDA each step
   is compiled and `steps_per_replay` of them are captured as one CUDA graph, one per batch bucket and step kind
   (when first used): a replay decodes several tokens per slot, and the host reads them at once while the next
-  replay runs. A token past a request's stop or its max_new_tokens costs a little GPU time and is dropped; a slot
-  near the window's end takes single steps until it slides. A prefill is one graph too, over the context
-  right-padded to the shortest span (64, 128, ... the window) that holds it. On a CPU compiling is optional (`compile=True`:
-  inductor turns each one-row matrix product into a fused multiply-and-sum); `int8_weights=True` decodes with an
-  int8-weight copy of the model (tinygpt.quantization), small enough to stay in the CPU's cache.
+  replay runs. A token past a request's stop, its max_new_tokens or the window's end costs a little GPU time and
+  is dropped (a slot that reaches the window's end slides before its next replay). A prefill is one graph too,
+  over the context right-padded to the shortest span (64, 128, ... the window) that holds it. On a CPU compiling
+  is optional (`compile=True`: inductor turns each one-row matrix product into a fused multiply-and-sum);
+  `int8_weights=True` decodes with an int8-weight copy of the model (tinygpt.quantization), small enough to stay
+  in the CPU's cache.
 - The model runs its own `forward`, handed the slot cache through the `cache.update(k, v, layer_idx)` contract
   of transformers' caches, with positions and a mask built here, so its greedy tokens are those of `generate()`
   inside the window (tests check it).
@@ -135,13 +136,11 @@ class Engine:
         self.encode = self._encode_exact  # eager: a prefill is one forward over exactly its tokens
         if use_compile:
             kinds = {kind: self._compiled(step) for kind, step in kinds.items()}
-        # A replay for each kind, bucket and length: steps[kind, rows, n]() decodes the first `rows` slots n times.
-        lengths = sorted({1, K})
+        # A replay for each kind and bucket: steps[kind, rows]() decodes the first `rows` slots K times.
         self.steps = {
-            (kind, rows, n): functools.partial(self._replay, step, rows, n)
+            (kind, rows): functools.partial(self._replay, step, rows)
             for kind, step in kinds.items()
             for rows in self.buckets
-            for n in lengths
         }
         if use_compile and device.type == "cuda":
             # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over the
@@ -212,9 +211,10 @@ class Engine:
         """As _greedy_step, drawing each slot's next token with its sampling knobs."""
         self._advance(self._pick(self._decode_logits(rows), slice(0, rows)))
 
-    def _replay(self, step, rows: int, n: int):
-        """n decode steps of the first `rows` slots; step k's tokens land in replay_tokens[k]."""
-        for k in range(n):
+    def _replay(self, step, rows: int):
+        """steps_per_replay decode steps of the first `rows` slots; step k's tokens land in replay_tokens[k]. A slot
+        whose position reaches the window's last one stays there (its further tokens are the host's to drop)."""
+        for k in range(self.steps_per_replay):
             step(rows)
             self.replay_tokens[k, :rows].copy_(self.tokens[:rows, 0])
 
@@ -317,8 +317,9 @@ class Engine:
         before the next one, which then includes its slot: requests join without the batch draining first."""
         free = list(range(self.max_batch))  # a heap: the lowest free slot first, so live slots stay packed low
         live: dict[int, Live] = {}
-        # Tokens on their way to the host, oldest first: (copy, the slots it covers, whether a replay made them).
-        copies: deque[tuple[object, dict[int, Live], bool]] = deque()
+        # Tokens on their way to the host, oldest first: (copy, {slot: (its request, how many of the copy's rows are
+        # its tokens)}, whether a replay made them).
+        copies: deque[tuple[object, dict[int, tuple[Live, int]], bool]] = deque()
 
         def leave(slot: int) -> Live:
             entry = live.pop(slot)
@@ -333,7 +334,7 @@ class Engine:
                 for slot, entry in live.items():
                     if entry.position == self.last_position and entry.queued < entry.request.max_new_tokens:
                         self._prefill(slot, entry)  # slide: re-encode the latest tokens
-                        copies.append((self._copy_out(), {slot: entry}, False))
+                        copies.append((self._copy_out(), {slot: (entry, 1)}, False))
             if all(replay for _, _, replay in copies):  # the last prefills are read: admit more
                 budget = self.window  # prompt tokens encoded this turn (at least one request's)
                 while free and budget > 0 and (entry := take(not live)) is not None:
@@ -343,7 +344,7 @@ class Engine:
                     slot = heapq.heappop(free)
                     live[slot] = entry
                     budget -= self._admit(slot, entry)
-                    copies.append((self._copy_out(), {slot: entry}, False))
+                    copies.append((self._copy_out(), {slot: (entry, 1)}, False))
             if not live:
                 return
             # Queue the next replay before reading: the device computes the next tokens while the host reads these.
@@ -352,22 +353,23 @@ class Engine:
             if stepping and all(e.position < self.last_position for e in stepping.values()) and replays_in_flight < 2:
                 kind = "greedy" if all(e.request.temperature <= 0 for e in live.values()) else "sampled"
                 rows = next(size for size in self.buckets if size > max(stepping))
-                room = min(self.last_position - e.position for e in stepping.values())  # steps before a slide
-                n = self.steps_per_replay if room >= self.steps_per_replay else 1
-                self.steps[kind, rows, n]()
-                for entry in stepping.values():
-                    entry.position += n
-                    entry.queued += n
-                copies.append((self._copy_out(n), stepping, True))
+                self.steps[kind, rows]()
+                covered = {}
+                for slot, entry in stepping.items():
+                    steps = min(self.steps_per_replay, self.last_position - entry.position)  # those before a slide
+                    entry.position += steps
+                    entry.queued += steps
+                    covered[slot] = (entry, steps)
+                copies.append((self._copy_out(self.steps_per_replay), covered, True))
             if not copies:
                 continue
             copied, covered, _ = copies.popleft()
             host_tokens = self.host_copies.read(copied)  # [step][slot]
-            for slot, entry in covered.items():
+            for slot, (entry, steps) in covered.items():
                 if entry.finished:
                     continue  # a replay queued before it ended
                 new, stopped, request = [], False, entry.request
-                for token in (row[slot] for row in host_tokens):
+                for token in (row[slot] for row in host_tokens[:steps]):
                     if entry.produced + len(new) >= request.max_new_tokens:
                         break
                     if token in request.stop_ids and entry.produced + len(new) >= request.min_new_tokens:

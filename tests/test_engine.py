@@ -143,6 +143,8 @@ def test_several_steps_per_replay_give_the_same_tokens(model_and_prompt, tokeniz
     assert list(stream) == []  # not the rest of the replay already read
     with pytest.raises(ValueError, match="steps_per_replay must be 1 or more"):
         Engine(model, steps_per_replay=0)
+    with pytest.raises(ValueError, match=r"window \(n_positions=1\) must hold 2 positions"):
+        Engine(tiny_model(tokenizer, n_positions=1))  # it would loop forever: no slide makes room
     with pytest.raises(ValueError, match="seed must be a 64-bit integer"):
         Request(prompt, seed=2**63)
 

@@ -167,6 +167,13 @@ def test_weights_that_do_not_fit_config_json(broken_folder, fields, expected):
     assert_one_line(error, "model.safetensors", *expected)
 
 
+def test_a_window_of_one_position_is_refused(broken_folder):
+    edit_config(broken_folder, n_positions=1)  # the engine would have no room for a next token
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder), "n_positions is 1", "2 positions or more")
+
+
 def test_a_block_missing_from_the_weights(broken_folder):
     weights = broken_folder / "model.safetensors"
     tensors = {name: tensor for name, tensor in load_file(weights).items() if not name.startswith("transformer.h.1.")}

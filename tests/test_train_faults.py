@@ -284,8 +284,9 @@ def gpt2_folder_without_tokenizer(workdir):
         (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1, got 0."),
         (["--eval_windows", "0"], "--eval_windows must be at least 1, got 0."),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0."),
+        (["--block_size", "1"], "--block_size must be at least 2, got 1."),
     ],
-    ids=["lr-nan", "lr-inf", "weight-decay-inf", "lr-zero", "batch-0", "eval-windows-0", "accumulation-0"],
+    ids=["lr-nan", "lr-inf", "weight-decay-inf", "lr-zero", "batch-0", "eval-windows-0", "accumulation-0", "window-1"],
 )
 def test_unusable_flag_values_are_refused_before_anything_is_written(workdir, corpus, capsys, flags, message):
     output = workdir / "out-bad-flag"

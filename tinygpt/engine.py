@@ -108,6 +108,8 @@ class Engine:
         self.int8_weights, self.compiled = int8_weights, use_compile
         self.steps_per_replay = steps_per_replay or (8 if device.type == "cuda" else 1)
         self.window, V, B, K = self.config.n_positions, self.config.vocab_size, max_batch, self.steps_per_replay
+        if self.window < 2:  # a token fed at position 0 would already need a slide, and no slide makes room
+            raise ValueError(f"Engine: the model's window (n_positions={self.window}) must hold 2 positions or more.")
         # A slot slides when its newest token would be fed at the window's last position, as generate() ends a
         # window: a forward never holds more than n_positions - 1 tokens of context.
         self.last_position = self.window - 1

@@ -135,6 +135,10 @@ def _check_json(path: str) -> None:
 def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, **model_kwargs):
     """(model, tokenizer) from a local folder or a Hub repo id, in eval mode; raises ModelLoadError."""
     config = load_config(name_or_path, revision)
+    if config.n_positions < 2:  # tinygpt.engine needs room for the newest token in the window
+        raise ModelLoadError(
+            f"{name_or_path}: n_positions is {config.n_positions}; tinygpt decodes in 2 positions or more."
+        )
     check_weights(name_or_path, config, revision)
     model = TinyGPTForCausalLM.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=False, **model_kwargs

@@ -260,6 +260,8 @@ def check_arguments(run: RunArguments) -> None:
         value = next(getattr(group, name) for group in (run.training, run.data) if hasattr(group, name))
         if value is not None and value < 1:
             raise TrainingSetupError(f"--{name} must be at least 1, got {value}.")
+    if run.model.block_size is not None and run.model.block_size < 2:  # decoding needs room for a next token
+        raise TrainingSetupError(f"--block_size must be at least 2, got {run.model.block_size}.")
     if run.training.fsdp and run.policy.device != "cuda":
         # accelerate shards only over GPUs: elsewhere --fsdp would silently train every process's whole copy
         raise TrainingSetupError(

@@ -136,6 +136,7 @@ class Engine:
         self.buckets = batch_buckets(max_batch)
         kinds = {"greedy": self._greedy_step, "sampled": self._sampled_step}
         self.encode = self._encode_exact  # eager: a prefill is one forward over exactly its tokens
+        self.prompt_spans: list[int] = []  # on CUDA, the lengths a prefill graph is padded to
         if use_compile:
             kinds = {kind: self._compiled(step) for kind, step in kinds.items()}
         # A replay for each kind and bucket: steps[kind, rows]() decodes the first `rows` slots K times.
@@ -418,7 +419,7 @@ class Engine:
                     for slot in range(self.max_batch)
                 ]
             )
-        for span in getattr(self, "prompt_spans", ()):
+        for span in self.prompt_spans:
             self.generate([Request([0] * min(span, self.window - 1), max_new_tokens=1)])
 
 

@@ -10,8 +10,8 @@ taking turns.
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
 `cache_implementation="static"`; and tinygpt.engine.Engine, which every tinygpt surface decodes with (on a CPU:
 eager, the default; compiled, as `--compile` runs it; and compiled with int8 weights, as `--int8` runs it; on
-CUDA: its default of 8 steps per graph replay, and 1; a compiled row's warm-up run compiles). The int8 row's tokens are not expected to equal the others': it reports
-how many of them match before the first difference.
+CUDA: its default of 8 steps per graph replay, and 1; a compiled row's warm-up run compiles). The int8 row's
+tokens are not expected to equal the others': it reports how many of them match before the first difference.
 
 On a CPU the last row is the command line itself, in the same run: the TinyGPT model saved with a character
 tokenizer, then `tinygpt generate DIR --temperature 0 --int8 --max_new_tokens N --min_new_tokens N` (N =

@@ -252,10 +252,10 @@ class Engine:
         self.padded_prompt[0, : len(context)].copy_(torch.tensor(context), non_blocking=True)
         self.prefills[next(span for span in self.prompt_spans if span >= len(context))]()
 
-    def _copy_out(self, steps: int = 0):
-        """Start moving tokens to the host: the last replay's `steps` rows of them, or (0) every slot's newest token,
-        as one row; `host_copies.read` waits for that copy only."""
-        return self.host_copies.start(self.replay_tokens[:steps] if steps else self.tokens.T)  # (n, B)
+    def _copy_out(self, replay: bool = False):
+        """Start moving tokens to the host: the last replay's, a row per step, or (after a prefill) every slot's
+        newest token as one row; `host_copies.read` waits for that copy only."""
+        return self.host_copies.start(self.replay_tokens if replay else self.tokens.T)  # (K or 1, B)
 
     # -- the host loop ----------------------------------------------------------------------------------------
 
@@ -363,7 +363,7 @@ class Engine:
                     entry.position += steps
                     entry.queued += steps
                     covered[slot] = (entry, steps)
-                copies.append((self._copy_out(self.steps_per_replay), covered, True))
+                copies.append((self._copy_out(replay=True), covered, True))
             if not copies:
                 continue
             copied, covered, _ = copies.popleft()

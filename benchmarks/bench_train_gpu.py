@@ -10,9 +10,11 @@
    `train.py config/train_shakespeare_char.py --compile=True`, the same number of steps of 64 x 256 tokens on Tiny
    Shakespeare. nanoGPT's data files (train.bin, val.bin, meta.pkl: uint16 ids of the characters) are written into
    a temporary folder from --text_file, since its prepare.py downloads.
-2. 124M: `train.py --preset gpt2-small` (batch 8 x 1024, 4 accumulation steps) against nanoGPT's GPT model
-   (model.py, imported from --nanogpt) in a plain loop: torch.compile, bf16 autocast, fused AdamW, the same batch.
-   MFU = 6 x parameters x tokens/s / 989e12 (H100/H200 dense bf16 peak).
+2. 124M: `train.py --preset gpt2-small` (32 x 1024 tokens a step) against nanoGPT's GPT model (model.py,
+   imported from --nanogpt) in a plain loop: torch.compile, bf16 autocast, fused AdamW. nanoGPT runs twice: in the
+   preset's micro-batches, and in its own config's (config/train_gpt2.py: 12 x 1024, here 3 of them a step);
+   the ratio is against the faster of the two. MFU = 6 x parameters x tokens/s / 989e12 (H100/H200 dense bf16
+   peak).
 
 Tokens/s is the steady state: both train.py runs print their loss every 10 steps, which syncs the GPU; each line
 is stamped as it arrives, and the rate is the tokens between the line at --skip_steps and the last one over the
@@ -20,6 +22,7 @@ time between them (compilation and start-up left out, equally for both).
 """
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -31,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tinygpt.presets import PRESETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = next((p for p in (REPO / "shared", REPO.parent / "shared") if p.is_dir()), REPO.parent / "shared")
@@ -64,12 +70,22 @@ def steady_rate(command: list[str], cwd: Path, pattern: str, tokens_per_step: in
     return {"tok/s": (s1 - s0) * tokens_per_step / (t1 - t0), "parameters": parameters}
 
 
-def tinygpt_run(preset: str, flags: list[str], steps: int, tokens_per_step: int, skip_steps: int) -> dict:
+def tokens_per_step(preset: str) -> int:
+    training = PRESETS[preset].training
+    batch = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1)
+    return batch * PRESETS[preset].block_size
+
+
+def tinygpt_run(preset: str, flags: list[str], steps: int, skip_steps: int, step_tokens: int | None = None) -> dict:
+    """train.py with the preset and flags; step_tokens: tokens a step, when flags change the preset's batch."""
     output = tempfile.mkdtemp(prefix=f"bench-{preset}-")
     command = [sys.executable, "train.py", "--preset", preset, *flags, "--max_steps", str(steps), "--output_dir",
                output, "--logging_steps", "10", "--eval_steps", "100000", "--save_steps", "100000",
                "--disable_tqdm", "true"]  # fmt: skip
-    return steady_rate(command, REPO, r"^\{'loss'", tokens_per_step, skip_steps)  # a line every 10 steps
+    logged = r"^\{'loss'"  # a line every 10 steps
+    result = steady_rate(command, REPO, logged, step_tokens or tokens_per_step(preset), skip_steps)
+    metrics = json.loads((Path(output) / "metrics.json").read_text())
+    return result | {"peak GiB": metrics["peak_memory_bytes"] / 2**30}
 
 
 def nanogpt_char(nanogpt: Path, text_file: Path, steps: int, skip_steps: int) -> dict:
@@ -91,12 +107,14 @@ def nanogpt_char(nanogpt: Path, text_file: Path, steps: int, skip_steps: int) ->
     return steady_rate(command, nanogpt, r"^iter (\d+): loss", 64 * 256, skip_steps)
 
 
-def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: int) -> dict:
-    """nanoGPT's GPT (124M, GPT-2 small's shape) in a plain compiled bf16 loop, fused AdamW, batch 8 x 1024 x 4."""
+def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: int, rows: int, micro_steps: int):
+    """nanoGPT's GPT (124M, GPT-2 small's shape) in a plain compiled bf16 loop, fused AdamW: a step is micro_steps
+    micro-batches of rows x 1024 tokens."""
     sys.path.insert(0, str(nanogpt))
     from model import GPT, GPTConfig  # nanoGPT's model.py, from the caller's checkout
 
     torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
     config = GPTConfig(
         block_size=1024, vocab_size=vocab_size, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True
     )
@@ -107,11 +125,11 @@ def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: i
     window = torch.arange(1025, device="cuda")
 
     def step():
-        for _ in range(4):
-            rows = data[torch.randint(0, len(data) - 1025, (8,), device="cuda")[:, None] + window]  # (8, 1025)
+        for _ in range(micro_steps):
+            batch = data[torch.randint(0, len(data) - 1025, (rows,), device="cuda")[:, None] + window]  # (rows, 1025)
             with torch.autocast("cuda", torch.bfloat16):
-                _, loss = compiled(rows[:, :-1].contiguous(), rows[:, 1:].contiguous())  # nanoGPT .view()s them
-            (loss / 4).backward()
+                _, loss = compiled(batch[:, :-1].contiguous(), batch[:, 1:].contiguous())  # nanoGPT .view()s them
+            (loss / micro_steps).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -124,21 +142,25 @@ def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: i
         step()
     torch.cuda.synchronize()
     parameters = sum(p.numel() for p in model.parameters())
-    return {"tok/s": (steps - skip_steps) * 8 * 1024 * 4 / (time.perf_counter() - start), "parameters": parameters}
+    tokens = (steps - skip_steps) * rows * 1024 * micro_steps
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return {"tok/s": tokens / (time.perf_counter() - start), "parameters": parameters, "peak GiB": peak}
 
 
 def table(title: str, rows: list[tuple[str, dict | None]], mfu: bool) -> None:
     print(f"\n{title}")
-    print(f"{'':40} {'tok/s':>12} {'parameters':>12} {'MFU':>7}")
+    print(f"{'':48} {'tok/s':>12} {'parameters':>12} {'MFU':>7} {'peak GiB':>9}")
     for name, result in rows:
         if result is None:
             continue
         n = result["parameters"]
         share = f"{6 * n * result['tok/s'] / PEAK_FLOPS:.1%}" if mfu and n else ""
-        print(f"{name:40} {result['tok/s']:12,.0f} {n or 0:12,.0f} {share:>7}")
-    ours, reference = rows[0][1], rows[1][1] if len(rows) > 1 else None
-    if ours and reference:
-        print(f"{'ratio (tinygpt / nanoGPT), same run':40} {ours['tok/s'] / reference['tok/s']:12.2f}x")
+        peak = f"{result['peak GiB']:.1f}" if "peak GiB" in result else ""
+        print(f"{name:48} {result['tok/s']:12,.0f} {n or 0:12,.0f} {share:>7} {peak:>9}")
+    ours, references = rows[0][1], [result for _, result in rows[1:] if result is not None]
+    if ours and references:
+        best = max(result["tok/s"] for result in references)
+        print(f"{'ratio (tinygpt / fastest nanoGPT), same run':48} {ours['tok/s'] / best:12.2f}x")
 
 
 def main():
@@ -159,7 +181,7 @@ def main():
 
     if args.only in (None, "char"):
         skip = args.skip_steps or args.char_steps // 5
-        ours = tinygpt_run("shakespeare-char", ["--text_file", str(args.text_file)], args.char_steps, 64 * 256, skip)
+        ours = tinygpt_run("shakespeare-char", ["--text_file", str(args.text_file)], args.char_steps, skip)
         theirs = nanogpt_char(args.nanogpt, args.text_file, args.char_steps, skip) if args.nanogpt else None
         table(
             f"10.65M char model, batch 64 x 256, {args.char_steps} steps (steady state from step {skip})",
@@ -169,12 +191,21 @@ def main():
     if args.only in (None, "124m"):
         skip = args.skip_steps or args.gpt2_steps // 5
         flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]
-        ours = tinygpt_run("gpt2-small", flags, args.gpt2_steps, 8 * 1024 * 4, skip)
-        theirs = nanogpt_plain_loop(args.nanogpt, 50304, args.gpt2_steps, skip) if args.nanogpt else None
+        ours = tinygpt_run("gpt2-small", flags, args.gpt2_steps, skip)
+        rows = PRESETS["gpt2-small"].training["per_device_train_batch_size"]  # no accumulation in the preset
+        # nanoGPT in the preset's micro-batches, and in its own config's (12 x 1024, 3 a step: about as many tokens)
+        shapes = [(rows, 1), (12, 3)]
+        theirs = [
+            (
+                f"nanoGPT's GPT, plain loop, {m} x {n} x 1024",
+                nanogpt_plain_loop(args.nanogpt, 50304, args.gpt2_steps, skip, n, m),
+            )
+            for n, m in (shapes if args.nanogpt else [])
+        ]
         table(
-            f"124M, batch 8 x 1024 x 4, {args.gpt2_steps} steps (steady state from step {skip}); "
+            f"124M, {args.gpt2_steps} steps (steady state from step {skip}); "
             f"MFU = 6 x parameters x tok/s / {PEAK_FLOPS:.3g}",
-            [("train.py --preset gpt2-small", ours), ("nanoGPT GPT, plain compiled bf16 loop", theirs)],
+            [(f"train.py --preset gpt2-small, 1 x {rows} x 1024", ours), *theirs],
             mfu=True,
         )
 

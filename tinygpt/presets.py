@@ -148,9 +148,13 @@ PRESETS = {
         cuda_compile="inductor",
         training=dict(
             max_steps=5000,
-            per_device_train_batch_size=8,
-            per_device_eval_batch_size=16,
-            gradient_accumulation_steps=4,
+            # 32K tokens a step in one micro-batch: no gradient accumulation, so the compiled step runs as CUDA
+            # graphs (training.args.use_cuda_graphs), and each launch carries 4x the work of 8 x 1024 x 4. About
+            # 40 GiB of GPU memory; on a smaller GPU pass --per_device_train_batch_size 8
+            # --gradient_accumulation_steps 4 for the same step (without graphs).
+            per_device_train_batch_size=32,
+            per_device_eval_batch_size=32,
+            gradient_accumulation_steps=1,
             learning_rate=6e-4,
             lr_scheduler_kwargs={"min_lr": 6e-5},
             warmup_steps=200,

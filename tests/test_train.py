@@ -17,7 +17,8 @@ from tests.train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corp
 from tinygpt.presets import PRESETS
 from tinygpt.tokenization_tinygpt import build_tokenizer
 from tinygpt.training import main, parse_args
-from tinygpt.training.args import LATEST
+from tinygpt.training import args as training_args
+from tinygpt.training.args import LATEST, DevicePolicy
 
 pytestmark = pytest.mark.slow  # subprocesses of the real command line
 
@@ -81,6 +82,25 @@ def test_preset_gives_defaults_and_typed_flags_win():
     assert run.training.output_dir.replace("\\", "/") == "runs/shakespeare-char"
     assert run.passed.keys() == {"preset", "n_layer", "learning_rate", "use_cpu"}
     assert (run.policy.device, run.policy.precision) == ("cpu", "fp32")
+
+
+@pytest.mark.parametrize(
+    "flags, backend, mode",
+    [
+        (["--preset", "shakespeare-char"], "cudagraphs", None),  # small kernels: the traced step replayed
+        (["--preset", "gpt2-small"], "inductor", None),  # long kernels: fused, no graphs
+        (["--preset", "tiny", "--torch_compile"], "inductor", "reduce-overhead"),  # compiling asked for
+        (["--preset", "shakespeare-char", "--gradient_accumulation_steps", "2"], "inductor", None),
+        (["--preset", "gpt2-small", "--torch_compile_mode", "max-autotune"], "inductor", "max-autotune"),
+    ],
+)
+def test_how_each_preset_compiles_on_cuda(monkeypatch, flags, backend, mode):
+    """Which compiler backend and mode a run on a CUDA GPU gets (the device choice faked): the preset's, CUDA
+    graphs only where they are safe, and a typed backend or mode always wins."""
+    monkeypatch.setattr(training_args, "choose_device", lambda passed: DevicePolicy("cuda", "fp32", "a faked GPU"))
+    run = parse_args(flags)
+    assert run.policy.device == "cuda" and run.training.torch_compile
+    assert (run.training.torch_compile_backend or "inductor", run.training.torch_compile_mode) == (backend, mode)
 
 
 def test_bare_resume_flag_means_the_newest_checkpoint():

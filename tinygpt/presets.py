@@ -41,9 +41,9 @@ class Preset:
     muon_lr: float | None = None  # Muon for the blocks' weight matrices at this rate (tinygpt.muon); None: AdamW
     tokenizer: str = "char"
     eval_windows: int = 256  # validation windows scored at each evaluation: a fixed set, so evaluations compare
-    # How the preset compiles on a CUDA GPU (None: eager), with CUDA graphs where they are safe (see
-    # training.args.use_cuda_graphs): "cudagraphs" replays the traced forward/backward as recorded (compiles in
-    # seconds), "inductor" generates fused kernels (tens of seconds of compiling, faster steps: for long runs).
+    # How the preset compiles on a CUDA GPU (None: eager): "cudagraphs" replays the traced forward/backward as
+    # recorded (compiles in seconds; for small models, whose steps are bound by kernel launches), "inductor"
+    # generates fused kernels (tens of seconds of compiling; for big kernels, where graphs no longer pay).
     cuda_compile: str | None = None
     training: dict = field(default_factory=dict)
 
@@ -148,10 +148,10 @@ PRESETS = {
         cuda_compile="inductor",
         training=dict(
             max_steps=5000,
-            # 32K tokens a step in one micro-batch: no gradient accumulation, so the compiled step runs as CUDA
-            # graphs (training.args.use_cuda_graphs), and each launch carries 4x the work of 8 x 1024 x 4. About
-            # 40 GiB of GPU memory; on a smaller GPU pass --per_device_train_batch_size 8
-            # --gradient_accumulation_steps 4 for the same step (without graphs).
+            # 32K tokens a step in one micro-batch rather than 8 x 1024 x 4: each kernel launch carries 4x the
+            # work, so the GPU no longer waits for the host (the README's performance section). About 21 GiB of
+            # GPU memory; on a smaller GPU pass --per_device_train_batch_size 8 --gradient_accumulation_steps 4
+            # for the same step.
             per_device_train_batch_size=32,
             per_device_eval_batch_size=32,
             gradient_accumulation_steps=1,

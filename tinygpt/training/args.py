@@ -230,15 +230,16 @@ def use_cuda_graphs(args: TrainingArguments, policy: DevicePolicy, preset_compil
     compiling on whenever a backend or mode is set, which would make `--torch_compile False` impossible. Not
     under DDP, whose gradient hooks write into buffers that a replayed graph would overwrite, nor with gradient
     accumulation, where backward read forward outputs that the next replay had overwritten (gpt2-small on an
-    H200). Big models need the graphs least anyway: their kernels are long.
+    H200). Nor for a preset that compiles with "inductor": its kernels are long, and on gpt2-small's 32 x 1024
+    batch the graphs were slower (an H200, the README's performance section).
     """
     chosen = "torch_compile_backend" in passed or "torch_compile_mode" in passed
     unsafe = args.world_size > 1 or args.gradient_accumulation_steps > 1
-    if policy.device != "cuda" or not args.torch_compile or chosen or unsafe:
+    if policy.device != "cuda" or not args.torch_compile or chosen or unsafe or preset_compile == "inductor":
         return
     if preset_compile == "cudagraphs":
         args.torch_compile_backend = "cudagraphs"
-    else:
+    else:  # a CPU-sized preset that the user compiles on a GPU: small kernels, launch-bound
         args.torch_compile_mode = "reduce-overhead"
 
 

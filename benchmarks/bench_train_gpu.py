@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train_gpu.py --nanogpt ../nanoGPT       # both comparisons, with ratios
     python benchmarks/bench_train_gpu.py                             # tinygpt's figures only, no ratio
-    python benchmarks/bench_train_gpu.py --nanogpt ../nanoGPT --only char
+    python benchmarks/bench_train_gpu.py --nanogpt ../nanoGPT --only char      # or val, or 124m
 
 --nanogpt is a checkout of karpathy/nanoGPT that the caller fetched (its code is run, never copied here).
 
@@ -10,7 +10,10 @@
    `train.py config/train_shakespeare_char.py --compile=True`, the same number of steps of 64 x 256 tokens on Tiny
    Shakespeare. nanoGPT's data files (train.bin, val.bin, meta.pkl: uint16 ids of the characters) are written into
    a temporary folder from --text_file, since its prepare.py downloads.
-2. 124M: `train.py --preset gpt2-small` (32 x 1024 tokens a step) against nanoGPT's GPT model (model.py,
+2. val: the seconds from each command's start (imports, compiling and evaluations counted) to its first validation
+   loss at or below --val_target (1.47), the same char model as each recipe has it: `train.py --preset
+   shakespeare-char` against nanoGPT's `train.py config/train_shakespeare_char.py --compile=True`.
+3. 124M: `train.py --preset gpt2-small` (32 x 1024 tokens a step) against nanoGPT's GPT model (model.py,
    imported from --nanogpt) in a plain loop: torch.compile, bf16 autocast, fused AdamW. nanoGPT runs twice: in the
    preset's micro-batches, and in its own config's (config/train_gpt2.py: 12 x 1024, here 3 of them a step);
    the ratio is against the faster of the two. MFU = 6 x parameters x tokens/s / 989e12 (H100/H200 dense bf16
@@ -43,31 +46,61 @@ SHARED = next((p for p in (REPO / "shared", REPO.parent / "shared") if p.is_dir(
 PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
 
 
+class Run:
+    """A command whose output lines are stamped as they arrive: iterate for (seconds since start, line)."""
+
+    def __init__(self, command: list[str], cwd: Path):
+        print("+", " ".join(command), flush=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.start = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.tail = []  # the last lines, for the error message
+
+    def __iter__(self):
+        for line in self.process.stdout:
+            self.tail = (self.tail + [line])[-30:]
+            yield time.perf_counter() - self.start, line
+        if self.process.wait() != 0:
+            raise SystemExit(f"failed with exit code {self.process.returncode}:\n{''.join(self.tail)}")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 def steady_rate(command: list[str], cwd: Path, pattern: str, tokens_per_step: int, skip_steps: int) -> dict:
     """Run `command`, stamp every output line matching `pattern` (group 1: the step, or none: every 10th step),
     return the steady tok/s and the parameters the run printed (tinygpt: "training 124.48M parameters"; nanoGPT:
     "number of parameters: 10.65M", which leaves out the position embeddings)."""
-    print("+", " ".join(command), flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stamps, tail, parameters = [], [], None  # stamps: (step, seconds since start)
-    for line in process.stdout:
-        tail = (tail + [line])[-30:]
+    run = Run(command, cwd)
+    stamps, parameters = [], None  # stamps: (step, seconds since start)
+    for seconds, line in run:
         match = re.search(pattern, line)
         if match:
             step = int(match.group(1)) if match.groups() else 10 * (len(stamps) + 1)
-            stamps.append((step, time.perf_counter() - start))
+            stamps.append((step, seconds))
         counted = re.match(r"(?:training|number of parameters:) ([0-9.]+)M", line)  # tinygpt's or nanoGPT's line
         if counted:
             parameters = float(counted.group(1)) * 1e6
-    if process.wait() != 0:
-        raise SystemExit(f"failed with exit code {process.returncode}:\n{''.join(tail)}")
     steady = [(step, t) for step, t in stamps if step >= skip_steps]
     if len(steady) < 2:
-        raise SystemExit(f"too few logged steps after step {skip_steps} to measure:\n{''.join(tail)}")
+        raise SystemExit(f"too few logged steps after step {skip_steps} to measure:\n{''.join(run.tail)}")
     (s0, t0), (s1, t1) = steady[0], steady[-1]
     return {"tok/s": (s1 - s0) * tokens_per_step / (t1 - t0), "parameters": parameters}
+
+
+def seconds_to_loss(command: list[str], cwd: Path, pattern: str, target: float) -> float | None:
+    """Seconds from the command's start to its first line whose `pattern` (group 1: a validation loss) is at or
+    below target; the run is stopped there. None if it ends first."""
+    run = Run(command, cwd)
+    for seconds, line in run:
+        match = re.search(pattern, line)
+        if match and float(match.group(1)) <= target:
+            run.stop()
+            return seconds
+    return None
 
 
 def tokens_per_step(preset: str) -> int:
@@ -88,8 +121,9 @@ def tinygpt_run(preset: str, flags: list[str], steps: int, skip_steps: int, step
     return result | {"peak GiB": metrics["peak_memory_bytes"] / 2**30}
 
 
-def nanogpt_char(nanogpt: Path, text_file: Path, steps: int, skip_steps: int) -> dict:
-    """nanoGPT's own train.py on its shakespeare_char config, data written from text_file in its format."""
+def nanogpt_char_data(text_file: Path) -> Path:
+    """nanoGPT's shakespeare_char files (train.bin, val.bin: uint16 character ids, 90/10; meta.pkl) for text_file,
+    in a temporary folder, since its prepare.py downloads."""
     data = Path(tempfile.mkdtemp(prefix="bench-nanogpt-data-")) / "shakespeare_char"
     data.mkdir()
     text = text_file.read_text(encoding="utf-8")
@@ -101,10 +135,42 @@ def nanogpt_char(nanogpt: Path, text_file: Path, steps: int, skip_steps: int) ->
     ids[split:].tofile(data / "val.bin")
     with open(data / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
-    command = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--compile=True",
-               f"--dataset={data}", f"--out_dir={data.parent / 'out'}", f"--max_iters={steps}",
-               "--eval_interval=1000000", "--eval_iters=20", "--log_interval=10"]  # fmt: skip
+    return data
+
+
+def nanogpt_char_command(data: Path, *flags: str) -> list[str]:
+    """nanoGPT's own train.py on its shakespeare_char config, compiled, on the files of nanogpt_char_data."""
+    return [sys.executable, "train.py", "config/train_shakespeare_char.py", "--compile=True", f"--dataset={data}",
+            f"--out_dir={data.parent / 'out'}", *flags]  # fmt: skip
+
+
+def nanogpt_char(nanogpt: Path, text_file: Path, steps: int, skip_steps: int) -> dict:
+    flags = [f"--max_iters={steps}", "--eval_interval=1000000", "--eval_iters=20", "--log_interval=10"]
+    command = nanogpt_char_command(nanogpt_char_data(text_file), *flags)
     return steady_rate(command, nanogpt, r"^iter (\d+): loss", 64 * 256, skip_steps)
+
+
+def time_to_val(nanogpt: Path | None, text_file: Path, target: float) -> None:
+    """Seconds from the command's start (imports, compiling and evaluations included) to the first evaluation at
+    or below target: train.py --preset shakespeare-char (2048 fixed validation windows every 250 steps) against
+    nanoGPT's train.py as its config has it (200 random validation batches every 250 steps)."""
+    ours = seconds_to_loss(
+        [sys.executable, "train.py", "--preset", "shakespeare-char", "--text_file", str(text_file), "--output_dir",
+         tempfile.mkdtemp(prefix="bench-val-"), "--save_steps", "100000", "--disable_tqdm", "true"],
+        REPO, r"'eval_loss': '?([0-9.]+)", target,
+    )  # fmt: skip
+    theirs = None
+    if nanogpt:
+        command = nanogpt_char_command(nanogpt_char_data(text_file))
+        theirs = seconds_to_loss(command, nanogpt, r"^step \d+: train loss [0-9.]+, val loss ([0-9.]+)", target)
+    print(f"\n10.65M char model, seconds from the command's start to validation loss <= {target}")
+    rows = [("train.py --preset shakespeare-char", ours)] + [("nanoGPT train.py, --compile=True", theirs)] * bool(
+        nanogpt
+    )
+    for name, seconds in rows:
+        print(f"{name:48} {'not reached' if seconds is None else f'{seconds:12.1f}'}")
+    if ours and theirs:
+        print(f"{'ratio (tinygpt / nanoGPT), same run':48} {ours / theirs:12.2f}x")
 
 
 def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: int, rows: int, micro_steps: int):
@@ -166,7 +232,8 @@ def table(title: str, rows: list[tuple[str, dict | None]], mfu: bool) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nanogpt", type=Path, default=None, help="a karpathy/nanoGPT checkout; without it, no ratio")
-    parser.add_argument("--only", choices=["char", "124m"], default=None)
+    parser.add_argument("--only", choices=["char", "val", "124m"], default=None)
+    parser.add_argument("--val_target", type=float, default=1.47, help="the validation loss that --only val times")
     parser.add_argument("--text_file", type=Path, default=SHARED / "data" / "tinyshakespeare.txt")
     parser.add_argument("--gpt2_tokenizer", type=Path, default=SHARED / "data" / "gpt2", help="vocab.json + merges.txt")
     parser.add_argument("--char_steps", type=int, default=1000)
@@ -188,6 +255,8 @@ def main():
             [("train.py --preset shakespeare-char", ours), ("nanoGPT train.py, --compile=True", theirs)],
             mfu=False,
         )
+    if args.only in (None, "val"):
+        time_to_val(args.nanogpt, args.text_file, args.val_target)
     if args.only in (None, "124m"):
         skip = args.skip_steps or args.gpt2_steps // 5
         flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]

@@ -16,8 +16,8 @@ import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
 from tests.train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
 from tinygpt.presets import PRESETS
 from tinygpt.tokenization_tinygpt import build_tokenizer
-from tinygpt.training import main, parse_args
 from tinygpt.training import args as training_args
+from tinygpt.training import main, parse_args
 from tinygpt.training.args import LATEST, DevicePolicy
 
 pytestmark = pytest.mark.slow  # subprocesses of the real command line

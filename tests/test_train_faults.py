@@ -405,8 +405,9 @@ def test_a_context_that_cannot_fit_in_memory_is_refused_up_front(workdir, corpus
         + ["--output_dir", output],
         capsys,
         output,
-        "a context of 100,000 tokens cannot fit: a step of 32 windows needs about 17 GiB and this cpu has 8 GiB; "
-        "pass a smaller --block_size or --per_device_train_batch_size.",
+        "a micro-batch of 32 windows of 100,000 tokens cannot fit: it needs about 17 GiB and this cpu has 8 GiB; "
+        "pass a smaller --per_device_train_batch_size (a larger --gradient_accumulation_steps keeps the tokens a "
+        "step) or --block_size.",
     )
     assert time.perf_counter() - started < 10
 

@@ -159,7 +159,7 @@ def memory_bytes(device: str) -> int | None:
 
 
 def check_context_fits(run: RunArguments, config) -> None:
-    """Refuse a window whose training step cannot fit in memory; warn when a step would take minutes.
+    """Refuse a micro-batch of windows that cannot fit in memory; warn when a step would take minutes.
 
     Estimates, from the shape: a step keeps about 18 activations of width n_embd per layer and token for the
     backward pass, plus the logits (and their softmax and gradient) over the vocabulary; the weights, gradients
@@ -174,9 +174,10 @@ def check_context_fits(run: RunArguments, config) -> None:
     available = memory_bytes(run.policy.device)
     if available is not None and needed > available:
         raise TrainingSetupError(
-            f"a context of {T:,} tokens cannot fit: a step of {t.per_device_train_batch_size} windows needs about "
+            f"a micro-batch of {t.per_device_train_batch_size} windows of {T:,} tokens cannot fit: it needs about "
             f"{needed / 2**30:,.0f} GiB and this {run.policy.device} has {available / 2**30:,.0f} GiB; pass a "
-            "smaller --block_size or --per_device_train_batch_size."
+            "smaller --per_device_train_batch_size (a larger --gradient_accumulation_steps keeps the tokens a step) "
+            "or --block_size."
         )
     flops_per_token = 6 * parameters + 6 * config.n_layer * T * config.n_embd
     flops = flops_per_token * t.per_device_train_batch_size * T * t.gradient_accumulation_steps

@@ -109,12 +109,18 @@ def tokens_per_step(preset: str) -> int:
     return batch * PRESETS[preset].block_size
 
 
+def train_command(preset: str, output: str, *flags: str) -> list[str]:
+    """train.py with the preset and flags, into `output`, with no checkpoints and no progress bar."""
+    return [sys.executable, "train.py", "--preset", preset, *flags, "--output_dir", output, "--save_steps", "100000",
+            "--disable_tqdm", "true"]  # fmt: skip
+
+
 def tinygpt_run(preset: str, flags: list[str], steps: int, skip_steps: int, step_tokens: int | None = None) -> dict:
     """train.py with the preset and flags; step_tokens: tokens a step, when flags change the preset's batch."""
     output = tempfile.mkdtemp(prefix=f"bench-{preset}-")
-    command = [sys.executable, "train.py", "--preset", preset, *flags, "--max_steps", str(steps), "--output_dir",
-               output, "--logging_steps", "10", "--eval_steps", "100000", "--save_steps", "100000",
-               "--disable_tqdm", "true"]  # fmt: skip
+    command = train_command(
+        preset, output, *flags, "--max_steps", str(steps), "--logging_steps", "10", "--eval_steps", "100000"
+    )
     logged = r"^\{'loss'"  # a line every 10 steps
     result = steady_rate(command, REPO, logged, step_tokens or tokens_per_step(preset), skip_steps)
     metrics = json.loads((Path(output) / "metrics.json").read_text())
@@ -154,23 +160,17 @@ def time_to_val(nanogpt: Path | None, text_file: Path, target: float) -> None:
     """Seconds from the command's start (imports, compiling and evaluations included) to the first evaluation at
     or below target: train.py --preset shakespeare-char (2048 fixed validation windows every 250 steps) against
     nanoGPT's train.py as its config has it (200 random validation batches every 250 steps)."""
-    ours = seconds_to_loss(
-        [sys.executable, "train.py", "--preset", "shakespeare-char", "--text_file", str(text_file), "--output_dir",
-         tempfile.mkdtemp(prefix="bench-val-"), "--save_steps", "100000", "--disable_tqdm", "true"],
-        REPO, r"'eval_loss': '?([0-9.]+)", target,
-    )  # fmt: skip
-    theirs = None
+    command = train_command("shakespeare-char", tempfile.mkdtemp(prefix="bench-val-"), "--text_file", str(text_file))
+    rows = [("train.py --preset shakespeare-char", seconds_to_loss(command, REPO, r"'eval_loss': '?([0-9.]+)", target))]
     if nanogpt:
         command = nanogpt_char_command(nanogpt_char_data(text_file))
         theirs = seconds_to_loss(command, nanogpt, r"^step \d+: train loss [0-9.]+, val loss ([0-9.]+)", target)
+        rows.append(("nanoGPT train.py, --compile=True", theirs))
     print(f"\n10.65M char model, seconds from the command's start to validation loss <= {target}")
-    rows = [("train.py --preset shakespeare-char", ours)] + [("nanoGPT train.py, --compile=True", theirs)] * bool(
-        nanogpt
-    )
     for name, seconds in rows:
         print(f"{name:48} {'not reached' if seconds is None else f'{seconds:12.1f}'}")
-    if ours and theirs:
-        print(f"{'ratio (tinygpt / nanoGPT), same run':48} {ours / theirs:12.2f}x")
+    if len(rows) == 2 and None not in (rows[0][1], rows[1][1]):
+        print(f"{'ratio (tinygpt / nanoGPT), same run':48} {rows[0][1] / rows[1][1]:12.2f}x")
 
 
 def nanogpt_plain_loop(nanogpt: Path, vocab_size: int, steps: int, skip_steps: int, rows: int, micro_steps: int):

@@ -11,6 +11,7 @@ import struct
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
 from tests.train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
@@ -194,6 +195,18 @@ def test_a_second_run_on_the_same_text_reuses_the_tokenized_cache(workdir):
     assert "Tokenizing" in first.stderr and "Tokenizing" not in second.stderr  # datasets' map progress bar
 
 
+def test_one_seed_is_one_run_from_the_initial_weights_on(workdir, corpus):
+    """--seed decides the initial weights as well as the data order: the same seed twice gives the same model."""
+    args = [*TINY, "--max_steps", "1", "--text_file", corpus[0], "--disable_tqdm", "true"]
+    runs = {name: (workdir / name, seed) for name, seed in [("seed-a", "3"), ("seed-b", "3"), ("seed-c", "4")]}
+    for output, seed in runs.values():
+        result = run_train(*args, "--seed", seed, "--output_dir", output, cwd=workdir)
+        assert result.returncode == 0, describe(result)
+    a, b, c = (load_file(output / "model.safetensors") for output, _ in runs.values())
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert not torch.equal(a["transformer.wte.weight"], c["transformer.wte.weight"])
+
+
 def test_a_streamed_dataset_trains(workdir, corpus, capsys):
     rows = workdir / "stream.jsonl"
     rows.write_text("".join(json.dumps({"text": line}) + "\n" for line in corpus[0].read_text().splitlines()))
@@ -234,8 +247,9 @@ def test_muon_trains_the_block_matrices_and_resumes_exactly(workdir, corpus):
 def test_chat_file_with_bpe_learns_from_assistant_tokens_only(workdir):
     """User turns are random letters, the reply is always "ok": only a masked loss can get near zero.
 
-    Were the user's tokens in the loss, each random letter would cost about ln(26) = 3.3 nats and keep the
-    average far above the bound below. The tokenizer is a byte-level BPE trained on the chat text.
+    Were the user's tokens in the loss, about 19 of a conversation's 24 predicted tokens would be random letters at
+    about ln(26) = 3.3 nats each, an average above 2. Masked, 30 steps reach 0.2-0.7 over the seeds 1 to 8, so the
+    bound below has room on both sides. The tokenizer is a byte-level BPE trained on the chat text.
     """
     rng = torch.Generator().manual_seed(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -256,7 +270,7 @@ def test_chat_file_with_bpe_learns_from_assistant_tokens_only(workdir):
     )  # fmt: skip
     assert result.returncode == 0, describe(result)
     metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["val_loss"] < 0.5, metrics["val_loss"]
+    assert metrics["val_loss"] < 1.0, metrics["val_loss"]
     assert metrics["sample"].endswith("<assistant>:ok<EOS>")
     tokenizer = tinygpt.AutoTokenizer.from_pretrained(output)  # the trained BPE, saved as tokenizer.json
     assert (output / "tokenizer.json").is_file() and 256 < len(tokenizer) <= 300

@@ -24,6 +24,7 @@ from transformers import (
     Trainer,
     TrainerState,
     TrainingArguments,
+    set_seed,
 )
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
@@ -244,6 +245,9 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
         texts = corpus["text"] if isinstance(corpus, datasets.Dataset) else corpus  # chunks read lazily, in batches
         if run.data.tokenizer == "char" and isinstance(corpus, datasets.Dataset) and corpus.cache_files:
             texts = corpus_characters(corpus)  # all a char vocabulary needs, cached for the next run
+    # The Trainer seeds only when it starts, after the model exists: seeded here, --seed decides the initial
+    # weights too, so one seed is one run (nanoGPT's torch.manual_seed before it builds its GPT).
+    set_seed(args.seed)
     model, tokenizer = model_and_tokenizer(run, texts, resume_from)
     block_size = model.config.n_positions
     if conversations is None:  # every window is block_size tokens long: check that one fits before encoding

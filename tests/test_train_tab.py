@@ -50,7 +50,9 @@ def test_a_stopped_run_resumes_to_a_finished_model(tmp_path):
     finish(runs, resumed)
     assert resumed.finished, resumed.log_text()
     assert f"resuming from {resumed.folder}/checkpoint-{resumed.start_step}" in resumed.log_text()
-    assert resumed.curve().step.max() == 400
+    curve = resumed.curve()  # the stopped run's points up to its checkpoint, then the resumed run's
+    assert list(curve[curve.split == "train"].step) == list(range(13, 400, 13))  # logged every 400 // 30 steps
+    assert list(curve[curve.split == "eval"].step) == [78, 156, 234, 312, 390, 400]  # and a last evaluation
     assert str(resumed.folder) in local_models(tmp_path / "models")
     assert list(runs.data_dir.iterdir()) == [runs.data_dir / f"{run.name}.txt"]  # the upload stays in the data folder
 

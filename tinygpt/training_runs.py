@@ -133,16 +133,17 @@ class TrainingRun:
                     self.record_losses(line)
 
     def record_losses(self, line: str) -> None:
-        """A Trainer log line -> a curve point. Its step is counted: train.py logs every `logging_steps` and
-        evaluates every `eval_steps` (then once more at the end if the last step was not an evaluation step)."""
+        """A Trainer log line -> a curve point. Its step is counted: train.py logs at each multiple of
+        `logging_steps` and evaluates at each multiple of `eval_steps` (then once more at the end if the last step
+        was not one), counted on from the checkpoint it resumed (the points up to it came from the stopped run)."""
         try:
             entry = ast.literal_eval(line)
         except (ValueError, SyntaxError):
             return
         for key, split, every in (("loss", "train", self.logging_steps), ("eval_loss", "eval", self.eval_steps)):
             if key in entry:
-                done = sum(1 for _, _, s in self.losses if s == split)
-                step = min(self.start_step + (done + 1) * every, self.max_steps)
+                done = sum(1 for step, _, s in self.losses if s == split and step > self.start_step)
+                step = min((self.start_step // every + done + 1) * every, self.max_steps)
                 self.losses.append((step, float(entry[key]), split))
 
 

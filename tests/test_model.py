@@ -7,6 +7,7 @@ Models are tiny and random (tests/tiny_models.py).
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers.utils.logging
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -100,6 +101,7 @@ def test_either_cache_name_is_accepted_and_the_output_names_it_as_transformers_d
 def test_newest_transformers_prints_no_deprecation_warning(model, tokenizer, tmp_path, recwarn, capfd):
     """Save, load, generate (dynamic and static cache) and a pipeline: no FutureWarning / DeprecationWarning from
     transformers, and nothing about a deprecated argument in its log."""
+    transformers.utils.logging.warning_once.cache_clear()  # a warning an earlier test drew would not print again
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()

@@ -47,14 +47,14 @@ def snapshot(folder) -> dict[str, str]:
 def readable_json(path) -> bool:
     try:
         json.loads(path.read_text())
-    except ValueError:
+    except (OSError, ValueError):  # OSError: a checkpoint the Trainer removed (save_total_limit) as it was read
         return False
     return True
 
 
 def logged_entries(text: str) -> list[dict]:
-    """The Trainer's printed log dicts (--disable_tqdm prints them one per line)."""
-    return [ast.literal_eval(line) for line in text.splitlines() if line.startswith("{'loss'")]
+    """The Trainer's printed log dicts (--disable_tqdm prints them one per line), the line being written left out."""
+    return [ast.literal_eval(line) for line in text.splitlines() if line.startswith("{'loss'") and line.endswith("}")]
 
 
 # ----------------------------------------------------------------------------------------------------------

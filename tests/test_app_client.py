@@ -1,7 +1,8 @@
 """`python app.py` through gradio_client, as API users see it: streaming, concurrency, long chats, bad models.
 
 The app serves the tiny model of tests/chat_fixtures.py, which answers its few questions exactly when decoding
-greedily. A gradio_client Client is one session: its /chat calls form one conversation.
+greedily. A gradio_client Client is one session: its /chat calls form one conversation. The per-session limit is
+tested on the page built in-process, its replies held open, so that the test does not race a reply's length.
 """
 
 import subprocess

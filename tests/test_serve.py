@@ -221,11 +221,67 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(client, mod
     malformed = httpx.post(
         f"{server[0]}/chat/completions",
         content=b'{"model": "x", "messages": [',
-        headers={"Authorization": f"Bearer {API_KEY}"},
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
     )
     assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
     with pytest.raises(openai.BadRequestError, match="prompt is 81 tokens"):
         client.completions.create(model=model_id, prompt="hi " * 27)
+
+
+def test_fields_are_strict_and_unsupported_ones_are_refused(client, model_id):
+    """A field tinygpt would ignore while it changes the reply, a typo, a wrong type or a non-text part: a 400 that
+    names it. The same fields at their neutral values, and fields that change nothing, are accepted."""
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [
+        (dict(extra_body={"max_token": 5}), "Unrecognized request argument supplied: max_token"),
+        (dict(logit_bias={"17": -100}), "logit_bias: tinygpt does not support it"),
+        (dict(logprobs=True), "logprobs: tinygpt does not support it"),
+        (dict(response_format={"type": "json_object"}), "response_format: tinygpt does not support it"),
+        (dict(extra_body={"max_tokens": "5"}), "max_tokens: Input should be a valid integer"),
+        (dict(extra_body={"stream": "false"}), "stream: Input should be a valid boolean"),
+        (dict(stream=True, stream_options={"include_usage": "false"}), "include_usage: Input should be a valid boolean"),
+        (dict(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "each part must be"),
+        (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "text only"),
+        (dict(messages=[{"role": "user", "contnet": "hi"}]), "Unrecognized request argument supplied: messages.0.contnet"),
+    ]  # fmt: skip
+    for request, message in cases:
+        with pytest.raises(openai.BadRequestError, match=message):
+            client.chat.completions.create(**{"model": model_id, "messages": hi, **request})
+    neutral = dict(
+        frequency_penalty=0, logprobs=False, response_format={"type": "text"}, tool_choice="none", user="u-1"
+    )
+    reply = client.chat.completions.create(model=model_id, messages=hi, temperature=0, **neutral)
+    assert reply.choices[0].message.content == "hello!"
+    parts = [{"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}]
+    assert client.chat.completions.create(model=model_id, messages=parts, temperature=0).choices[0].message.content == (
+        "hello!"
+    )
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(client, model_id):
+    """Far more text than the window holds, however it tokenizes: refused from its length alone (the message says
+    "more than"), without rendering the conversation, which would hold every other client up."""
+    long_chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}] * 20_000
+    with pytest.raises(openai.BadRequestError, match="more than 63 tokens"):
+        client.chat.completions.create(model=model_id, messages=long_chat)
+    with pytest.raises(openai.BadRequestError, match="more than 63 tokens"):
+        client.completions.create(model=model_id, prompt="x" * 1_000_000)
+
+
+def test_raw_http_a_web_page_could_send_is_refused(server, model_id):
+    """A page may post a form or text to any server without asking it first; JSON needs the server's consent,
+    which it never gives. So only an application/json body is read. Other errors keep OpenAI's shape too."""
+    url, _, _ = server
+    body = f'{{"model": "{model_id}", "messages": [{{"role": "user", "content": "hi"}}]}}'
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", None]:
+        headers = {"Authorization": f"Bearer {API_KEY}"} | ({"Content-Type": content_type} if content_type else {})
+        refused = httpx.post(f"{url}/chat/completions", content=body, headers=headers)
+        assert refused.status_code == 415 and "Content-Type: application/json" in refused.json()["error"]["message"]
+    lower_case_scheme = {"Authorization": f"bearer {API_KEY}", "Content-Type": "application/json"}
+    assert httpx.post(f"{url}/chat/completions", content=body, headers=lower_case_scheme).status_code == 200
+    for method, path, status in [("GET", "/nowhere", 404), ("DELETE", "/models", 405)]:
+        answer = httpx.request(method, url + path, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert answer.status_code == status and set(answer.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_a_missing_or_wrong_key_is_401_and_never_echoed_or_logged(server, model_id):
@@ -239,3 +295,18 @@ def test_a_missing_or_wrong_key_is_401_and_never_echoed_or_logged(server, model_
     assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
     assert API_KEY not in bare.text
     assert API_KEY not in log.read_text()
+
+
+def test_an_ipv6_address_is_its_own_allowed_host():
+    """Host headers write an IPv6 address in brackets ([::1]:8000): the check, and the URL serve prints, do too."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from tinygpt.serving import host_check, url_host
+
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))], middleware=[host_check("::1")])
+    for base_url, status in [("http://[::1]:8000", 200), ("http://localhost:8000", 200), ("http://evil.example", 400)]:
+        assert TestClient(app, base_url=base_url).get("/").status_code == status, base_url
+    assert url_host("::1") == "[::1]" and url_host("127.0.0.1") == "127.0.0.1"

@@ -38,6 +38,15 @@ def message_text(content) -> str:
     return "".join(message_text(part) for part in content or [])
 
 
+def render_prompt(tokenizer, conversation: list[dict]) -> list[int]:
+    """Token ids of `conversation` ({"role", "content": str} each; a system message first, if any) and the
+    assistant's generation prompt, whatever its length."""
+    # verbose=False: a history longer than the model is expected (build_prompt trims it), so no warning.
+    return tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=False, tokenizer_kwargs={"verbose": False}
+    )
+
+
 def build_prompt(
     tokenizer, messages: list[dict], *, system_prompt: str | None = None, max_prompt_tokens: int
 ) -> list[int]:
@@ -52,14 +61,7 @@ def build_prompt(
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
 
     def render(conversation: list[dict]) -> list[int]:
-        # verbose=False: a history longer than the model is expected here (it is trimmed next), so no warning.
-        return tokenizer.apply_chat_template(
-            conversation,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-            tokenizer_kwargs={"verbose": False},
-        )
+        return render_prompt(tokenizer, conversation)
 
     # Where the kept history may start: the beginning, or a user turn (a reply without its question is noise). The
     # prompt only shrinks as the start moves on, so bisect for the earliest start that fits: O(log n) renders.
@@ -133,6 +135,8 @@ class ChatModel:
         )
         self.model = model  # placed by the engine (with int8 weights, the engine decodes its own copy)
         self.window = model.config.n_positions
+        # The most characters one token stands for: a text of N characters is at least N / longest_token tokens.
+        self.longest_token = max(1, max(map(len, tokenizer.get_vocab())))
         self.defaults = settings_from(model.generation_config)  # temperature, top_k, top_p, max_new_tokens
         self.scheduler = Scheduler(self.engine)
 

@@ -27,6 +27,7 @@ Design notes
 """
 
 import json
+import logging
 import secrets
 import socket
 import time
@@ -38,25 +39,59 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .chat import ChatModel, IncrementalDecoder, build_prompt, message_text
+from .chat import ChatModel, IncrementalDecoder, message_text, render_prompt
 from .request import INT64_MAX
+
+logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always accepted in the Host header
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # binding every interface: the machine's own names are accepted too
+# OpenAI's request fields that change nothing tinygpt returns: accepted and ignored.
+IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key")
+# OpenAI's fields that would change the reply and tinygpt does not implement: accepted at their neutral value only
+# (null or the values listed), as clients send them; any other value is a 400 rather than silently ignored.
+NEUTRAL_VALUES = {
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logit_bias": ({},),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "echo": (False,),
+    "suffix": ("",),
+    "best_of": (1,),
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "modalities": (["text"],),
+}
 
 
 # -- request bodies -------------------------------------------------------------------------------------------
 
 
-class Sampling(BaseModel):
-    """The fields chat and text completions share. Fields OpenAI has and tinygpt ignores (user, logprobs, ...)
-    are accepted and ignored, as clients send them."""
+class Body(BaseModel):
+    """Strict JSON: a field of the wrong type is a 400, not converted ("5" is no number, "false" no boolean), and an
+    unknown field (a typo such as max_token) is a 400, as OpenAI answers it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI's; there is nothing to obfuscate here
+
+
+class Sampling(Body):
+    """The fields chat and text completions share."""
 
     model: str
     max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
@@ -68,14 +103,43 @@ class Sampling(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
     stream: bool = False
-    stream_options: dict | None = None
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_fields_without_effect(cls, data):
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            if name in NEUTRAL_VALUES and value is not None and value not in NEUTRAL_VALUES[name]:
+                raise PydanticCustomError(
+                    "unsupported_value",
+                    "{field}: tinygpt does not support it; leave it out (or send null).",
+                    {"field": name},
+                )
+        return {
+            name: value for name, value in data.items() if name not in NEUTRAL_VALUES and name not in IGNORED_FIELDS
+        }
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class Message(Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict] | None = None
+    name: str | None = None  # OpenAI's participant name; ignored
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def text_only(cls, content):
+        """A string, or a list of text parts ({"type": "text", "text": "..."}): tinygpt reads text only."""
+        parts = content if isinstance(content, list) else []
+        if any(
+            not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str)
+            for part in parts
+        ):
+            raise PydanticCustomError(
+                "text_parts", 'each part must be {"type": "text", "text": "..."}: tinygpt reads text only'
+            )
+        return content
 
 
 class ChatCompletionBody(Sampling):
@@ -98,28 +162,44 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
+        kind = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}.get(
+            self.status, "invalid_request_error"
+        )
         error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         return JSONResponse({"error": error}, status_code=self.status)
 
 
 async def parse(request: Request, body_type: type[BaseModel]):
-    """The request's JSON body as `body_type` (whatever its Content-Type, as curl -d sends a form's); a malformed
-    body or a wrong field is one readable 400."""
+    """The request's JSON body as `body_type`; a malformed body or a wrong field is one readable 400.
+
+    The body must come as `Content-Type: application/json`: a web page can post a form or text to any server
+    without asking it first (CORS's "simple" requests), but not JSON, so any other type is refused (415).
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(
+            415,
+            f"Send the body as JSON with the header 'Content-Type: application/json' (got {media_type or 'none'!r}).",
+            code="unsupported_media_type",
+        )
     try:
         return body_type.model_validate_json(await request.body())
     except ValidationError as error:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
             raise APIError(400, f"The body is not valid JSON: {first['msg']}.", code="invalid_json") from None
-        field = ".".join(str(part) for part in first["loc"]) or "body"
+        field = ".".join(str(part) for part in first["loc"]) or first.get("ctx", {}).get("field") or "body"
+        if first["type"] == "extra_forbidden":
+            raise APIError(400, f"Unrecognized request argument supplied: {field}.", param=field) from None
+        if first["type"] == "unsupported_value":
+            raise APIError(400, f"{first['msg']}", param=field, code="unsupported_value") from None
         raise APIError(400, f"{field}: {first['msg']}.", param=field, code="invalid_value") from None
 
 
 def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> APIRouter:
     """The /v1 routes serving `models` (id -> ChatModel); with `api_key`, every route needs
     `Authorization: Bearer <api_key>`."""
-    expected = f"Bearer {api_key}".encode() if api_key else None
+    expected = api_key.encode() if api_key else None
 
     class OpenAIRoute(APIRoute):
         """Checks the key before anything else, and answers every error in OpenAI's shape."""
@@ -129,8 +209,12 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
 
             async def guarded(request: Request):
                 try:
-                    given = request.headers.get("authorization", "").encode()
-                    if expected is not None and not secrets.compare_digest(given, expected):
+                    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+                    # Headers arrive as Latin-1 (HTTP's own); the key is ASCII (checked where it is given).
+                    given = given.strip().encode("latin-1")
+                    if expected is not None and not (
+                        scheme.lower() == "bearer" and secrets.compare_digest(given, expected)
+                    ):
                         raise APIError(
                             401,
                             "Missing or wrong API key: send it as the header 'Authorization: Bearer <key>'.",
@@ -139,6 +223,9 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
                     return await handle(request)
                 except APIError as error:
                     return error.response()
+                except Exception:
+                    logger.exception("%s %s failed", request.method, request.url.path)
+                    return APIError(500, "The server failed on this request; its log says why.").response()
 
             return guarded
 
@@ -168,10 +255,17 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
         body = await parse(request, ChatCompletionBody)
         model = chat_model(body.model)
         system = "\n".join(message_text(m.content) for m in body.messages if m.role in ("system", "developer"))
-        turns = [{"role": m.role, "content": m.content or ""} for m in body.messages if m.role in ("user", "assistant")]
+        turns = [
+            {"role": m.role, "content": message_text(m.content)}
+            for m in body.messages
+            if m.role in ("user", "assistant")
+        ]
         if not turns:
             raise APIError(400, "messages: there is no user message to reply to.", param="messages")
-        prompt_ids = build_prompt(model.tokenizer, turns, system_prompt=system or None, max_prompt_tokens=1 << 30)
+        conversation = [{"role": "system", "content": system}] * bool(system) + turns
+        check_fits(model, [message["content"] for message in conversation], len(conversation), chat=True)
+        # Rendering and tokenizing a long prompt takes a while: off the event loop, which serves every client.
+        prompt_ids = await run_in_threadpool(render_prompt, model.tokenizer, conversation)
         return await respond(model, body, prompt_ids, chat=True, gone=request.is_disconnected)
 
     @router.post("/completions")
@@ -181,12 +275,32 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise APIError(400, "prompt: send one prompt per request (a list of one string at most).", param="prompt")
-        prompt_ids = model.tokenizer(prompts[0])["input_ids"]
+        check_fits(model, prompts, 0, chat=False)
+        prompt_ids = (await run_in_threadpool(model.tokenizer, prompts[0]))["input_ids"]
         if not prompt_ids:
             raise APIError(400, "prompt: the prompt is empty.", param="prompt")
         return await respond(model, body, prompt_ids, chat=False, gone=request.is_disconnected)
 
     return router
+
+
+def check_fits(model: ChatModel, texts: list[str], messages: int, chat: bool) -> None:
+    """A 400 before any tokenizing for a prompt that cannot fit the window however it tokenizes: a token covers at
+    most `longest_token` characters, and each message takes at least one token of its own."""
+    room = model.window - 1
+    fewest_tokens = max(messages, sum(map(len, texts)) // model.longest_token)
+    if fewest_tokens > room:
+        raise context_length_exceeded(f"more than {room} tokens", model, chat)
+
+
+def context_length_exceeded(prompt: str, model: ChatModel, chat: bool) -> APIError:
+    return APIError(
+        400,
+        f"The prompt is {prompt} and this model reads at most {model.window - 1} before its reply "
+        f"(a context window of {model.window}); shorten it.",
+        param="messages" if chat else "prompt",
+        code="context_length_exceeded",
+    )
 
 
 def model_entry(model_id: str) -> dict:
@@ -247,15 +361,8 @@ async def respond(
     says whether the client went away (Starlette ends a stream itself; a whole reply must ask)."""
     if body.n != 1:
         raise APIError(400, f"n: only n=1 is supported, got {body.n}.", param="n", code="unsupported_value")
-    room = model.window - 1  # the reply needs at least one position
-    if len(prompt_ids) > room:
-        raise APIError(
-            400,
-            f"The prompt is {len(prompt_ids)} tokens and this model reads at most {room} before its reply "
-            f"(a context window of {model.window}); shorten it.",
-            param="messages" if chat else "prompt",
-            code="context_length_exceeded",
-        )
+    if len(prompt_ids) > model.window - 1:  # the reply needs at least one position
+        raise context_length_exceeded(f"{len(prompt_ids)} tokens", model, chat)
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
     if len(stops) > 4 or any(len(stop) > MAX_STOP_CHARS for stop in stops):  # OpenAI's 4; kept cheap to match
         raise APIError(400, f"stop: at most 4 stop strings of at most {MAX_STOP_CHARS} characters each.", param="stop")
@@ -274,7 +381,7 @@ async def respond(
     reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     header = {"id": reply_id, "created": created, "model": body.model}
     if body.stream:
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = sse_chunks(header, pieces, generation, chat, include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return await whole_reply(header, pieces, generation, chat, gone)
@@ -358,8 +465,15 @@ def host_check(host: str, allowed_hosts=(), share: bool = False) -> Middleware:
     if share:
         names.add("*.gradio.live")
     return Middleware(
-        TrustedHostMiddleware, allowed_hosts=sorted(name.lower() for name in names if name), www_redirect=False
+        TrustedHostMiddleware,
+        allowed_hosts=sorted(url_host(name).lower() for name in names if name),
+        www_redirect=False,
     )
+
+
+def url_host(host: str) -> str:
+    """A host as a URL and the Host header write it: an IPv6 address in brackets ([::1])."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def create_app(
@@ -370,6 +484,11 @@ def create_app(
         title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None, middleware=[host_check(host, allowed_hosts)]
     )
     app.include_router(openai_router(models, api_key))
+
+    @app.exception_handler(HTTPException)  # an unknown path or method: OpenAI's shape too
+    async def http_error(request: Request, error: HTTPException):
+        return APIError(error.status_code, f"{request.method} {request.url.path}: {error.detail}.").response()
+
     return app
 
 
@@ -389,4 +508,4 @@ def serve(app: FastAPI, host: str, port: int) -> None:
     server.run(sockets=[listener])
 
 
-__all__ = ["APIError", "StopStrings", "create_app", "host_check", "openai_router", "serve"]
+__all__ = ["APIError", "StopStrings", "create_app", "host_check", "openai_router", "serve", "url_host"]

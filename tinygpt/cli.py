@@ -148,7 +148,8 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
     )
     parser.add_argument(
         "--api_key",
-        default=os.environ.get("TINYGPT_API_KEY"),
+        type=api_key,
+        default=os.environ.get("TINYGPT_API_KEY") or None,  # set but empty: no key
         help="require 'Authorization: Bearer KEY' on the /v1 API (default: $TINYGPT_API_KEY, else no key); the "
         "environment variable keeps it out of `ps`",
     )
@@ -264,14 +265,14 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve a model over an OpenAI-compatible HTTP API until Ctrl-C: GET /v1/models, POST /v1/chat/completions
     (through the model's chat template) and POST /v1/completions, streamed or not. Every request joins one batch of
     up to --max_batch replies; settings a request leaves out come from the model's generation_config."""
-    from .serving import create_app, serve  # fastapi and uvicorn come with the app extra (gradio)
+    from .serving import create_app, serve, url_host  # fastapi and uvicorn come with the app extra (gradio)
 
     options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
     chat_model = ChatModel(*load_quietly(args.model), options)
     chat_model.warm_up()
     app = create_app({args.model: chat_model}, api_key=args.api_key, host=args.host, allowed_hosts=args.allowed_host)
     key = "with an API key" if args.api_key else "no API key"
-    print(f"serving {args.model} at http://{args.host}:{args.port}/v1 ({key}); Ctrl-C stops", flush=True)
+    print(f"serving {args.model} at http://{url_host(args.host)}:{args.port}/v1 ({key}); Ctrl-C stops", flush=True)
     serve(app, args.host, args.port)
     return 0
 
@@ -344,6 +345,14 @@ def checked(cast, is_valid, requirement: str, name: str):
 
     parse.__name__ = name  # argparse names the type in "invalid <name> value"
     return parse
+
+
+def api_key(text: str) -> str:
+    """An argparse type for --api_key (and $TINYGPT_API_KEY): what an Authorization header can carry, printable
+    ASCII without spaces. The refusal never repeats the key."""
+    if not text or not text.isascii() or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError("must be printable ASCII without spaces, as an HTTP header carries it")
+    return text
 
 
 non_empty = checked(str, bool, "non-empty", "text")

@@ -310,3 +310,14 @@ def test_an_ipv6_address_is_its_own_allowed_host():
     for base_url, status in [("http://[::1]:8000", 200), ("http://localhost:8000", 200), ("http://evil.example", 400)]:
         assert TestClient(app, base_url=base_url).get("/").status_code == status, base_url
     assert url_host("::1") == "[::1]" and url_host("127.0.0.1") == "127.0.0.1"
+
+
+def test_a_key_no_header_can_carry_is_refused_without_echoing_it():
+    secret = "clé-secrète"
+    env = {**os.environ, "TINYGPT_API_KEY": secret}
+    command = [sys.executable, "-m", "tinygpt.cli", "serve", "no-such-model"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "tinygpt serve: error: argument --api_key: must be printable ASCII without spaces, as an HTTP header carries it"
+    )
+    assert secret not in result.stdout + result.stderr

@@ -29,7 +29,7 @@ import tinygpt
 from tests.chat_fixtures import REPO, trained_chat_model
 from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url, start_fake_hub
 from tests.servers import free_port, wait_until_answering
-from tinygpt.hub import push_model
+from tinygpt.hub import HubError, push_model
 
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs
 pytestmark = pytest.mark.slow
@@ -240,6 +240,30 @@ def test_push_never_uploads_a_file_that_auto_map_names(hub, hostile_model, tmp_p
     api = HfApi(endpoint=hub, token=TOKEN)
     uploaded = api.list_repo_files("alice/hostile") if api.repo_exists("alice/hostile") else []
     assert not [name for name in uploaded if "secret" in name]
+
+
+def test_push_never_follows_a_link_out_of_the_folder(hub, model_dir, tmp_path):
+    folder = shutil.copytree(model_dir, tmp_path / "model")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's private notes")
+    (folder / "merges.txt").symlink_to(secret)  # a file push would send, pointing elsewhere
+    with pytest.raises(HubError, match=r"merges.txt links to .*secret.txt, outside .*: push sends only"):
+        push_model(folder, "alice/linked", token=TOKEN, endpoint=hub)
+    assert not HfApi(endpoint=hub, token=TOKEN).repo_exists("alice/linked")
+    (folder / "merges.txt").unlink()
+    (folder / "merges.txt").symlink_to(folder / "vocab-copy.txt")  # a link inside the folder is its own file
+    (folder / "vocab-copy.txt").write_text("")
+    push_model(folder, "alice/linked", token=TOKEN, endpoint=hub)
+    # A snapshot in the Hub's cache: every file a link to its repo's blobs/, which push follows.
+    repo = tmp_path / "models--bob--cached"
+    snapshot, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for file in model_dir.iterdir():
+        if file.is_file():
+            shutil.copyfile(file, blobs / file.name)
+            (snapshot / file.name).symlink_to(Path("..", "..", "blobs", file.name))
+    push_model(snapshot, "alice/from-the-cache", token=TOKEN, endpoint=hub)
 
 
 def test_push_uploads_the_packages_own_code_not_the_folders(hub, model_dir, tmp_path):

@@ -122,6 +122,7 @@ def push_model(
     try:
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
+                _check_own_file(model_dir, model_dir / name)
                 _link_or_copy(model_dir / name, staging / name)
         for module in _code_modules(model_dir, config):
             shutil.copyfile(PACKAGE_DIR / f"{module}.py", staging / f"{module}.py")
@@ -141,6 +142,19 @@ def push_model(
         with _hub_errors(space_id, api.endpoint, token, action="push to"):
             push_space(api, space_id, repo_id, commit.oid, private=private)
     return str(repo_url)
+
+
+def _check_own_file(model_dir: Path, path: Path) -> None:
+    """Refuse a file that is a link to somewhere outside the folder: a push sends the folder's own files only. The
+    one exception is a snapshot in the Hub's cache, whose files link to its repo's blobs/ (snapshots/REV/x ->
+    ../../blobs/HASH)."""
+    real, root = path.resolve(), model_dir.resolve()
+    in_the_cache = root.parent.name == "snapshots" and real.parent == root.parent.parent / "blobs"
+    if not (real.is_relative_to(root) or in_the_cache):
+        raise HubError(
+            f"{path} links to {real}, outside {model_dir}: push sends only the folder's own files; copy the file "
+            "in if it belongs to the model."
+        )
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

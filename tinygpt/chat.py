@@ -146,6 +146,10 @@ class ChatModel:
             print("compiling chat decoding (the first time takes a while; it is cached after)...", flush=True)
         self.engine.warm_up()
 
+    def close(self) -> None:
+        """End the scheduler's thread (once the replies in flight are done), before the interpreter exits."""
+        self.scheduler.close()
+
     def request(self, prompt_ids: list[int], **settings) -> Request:
         """A request for `prompt_ids`, ending at <EOS>: `settings` (Request's fields) over the model's defaults."""
         return Request(prompt_ids, stop_ids=[self.tokenizer.eos_token_id], **(self.defaults | settings))

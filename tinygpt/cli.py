@@ -201,6 +201,13 @@ def run_chat(args: argparse.Namespace) -> int:
     context of each reply (the oldest turns drop out when it outgrows the model's window). Type exit or quit
     (or press Ctrl-D) to end; Ctrl-C stops a reply."""
     chat_model = ChatModel(*load_quietly(args.model), DecodingOptions(compile=args.compile, int8_weights=args.int8))
+    try:
+        return chat_in_the_terminal(chat_model, args)
+    finally:
+        chat_model.close()  # its thread left running at exit, the process could abort (SIGABRT) after the last reply
+
+
+def chat_in_the_terminal(chat_model: ChatModel, args: argparse.Namespace) -> int:
     chat_model.warm_up()
     print(f"Chatting with {args.model}. Type exit or quit to end; Ctrl-C stops a reply.", flush=True)
     messages = []

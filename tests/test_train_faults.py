@@ -149,6 +149,18 @@ def test_sigkill_then_bare_resume_continues_the_same_schedule_and_data(workdir, 
 # Bad input: one line on stderr, exit code 1, no traceback, nothing written
 
 
+def test_a_run_that_diverges_is_one_line_and_leaves_no_final_model(workdir, corpus, capsys):
+    output = workdir / "diverged"
+    argv = [*TINY, "--max_steps", "4", "--learning_rate", "1e30", "--text_file", corpus, "--output_dir", output]
+    assert main([str(arg) for arg in argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "train.py: error: the run diverged: the validation loss at step 4 is nan, so no final model was saved; try "
+        "a lower --learning_rate (it was 1e+30)."
+    )
+    assert not (output / "config.json").exists() and not (output / "metrics.json").exists()
+
+
 def fails_cleanly(argv, capsys, output, message: str) -> None:
     before = snapshot(output)
     assert main([str(arg) for arg in argv]) == 1

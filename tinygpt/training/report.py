@@ -164,7 +164,8 @@ def summarize(
 
 def print_summary(summary: RunSummary, output_dir: Path) -> None:
     print(f"\nsample:\n{summary.sample}\n")
-    figures = [f"val loss {summary.val_loss:.4f} (perplexity {summary.val_perplexity:.2f})"]
+    shown = "over e^50" if summary.val_perplexity is None else f"{summary.val_perplexity:.2f}"
+    figures = [f"val loss {summary.val_loss:.4f} (perplexity {shown})"]
     if summary.exact_match is not None:
         figures.append(
             f"exact match {100 * summary.exact_match:.1f}% on {summary.heldout_questions} held-out questions"

@@ -10,6 +10,7 @@
 """
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -291,6 +292,12 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     else:
         train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
     eval_metrics = final_evaluation(trainer)
+    if not math.isfinite(eval_metrics["eval_loss"]):  # NaN weights: nothing worth saving over what is there
+        raise TrainingSetupError(
+            f"the run diverged: the validation loss at step {trainer.state.global_step} is "
+            f"{eval_metrics['eval_loss']}, so no final model was saved; try a lower --learning_rate "
+            f"(it was {args.learning_rate:g})."
+        )
     summary = None
     if is_main:
         # keep_fp32_wrapper=False: the model as built, without the autocast that bf16 training wrapped its forward in

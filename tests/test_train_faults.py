@@ -299,8 +299,13 @@ def gpt2_folder_without_tokenizer(workdir):
         (["--eval_windows", "0"], "--eval_windows must be at least 1, got 0."),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0."),
         (["--block_size", "1"], "--block_size must be at least 2, got 1."),
+        (["--adam_beta1", "5"], "--adam_beta1 must be in [0, 1), got 5.0."),
+        (["--adam_epsilon=-1"], "--adam_epsilon must be 0 or more, got -1.0."),
     ],
-    ids=["lr-nan", "lr-inf", "weight-decay-inf", "lr-zero", "batch-0", "eval-windows-0", "accumulation-0", "window-1"],
+    ids=[
+        *("lr-nan", "lr-inf", "weight-decay-inf", "lr-zero", "batch-0", "eval-windows-0", "accumulation-0"),
+        *("window-1", "beta1-5", "epsilon-negative"),
+    ],
 )
 def test_unusable_flag_values_are_refused_before_anything_is_written(workdir, corpus, capsys, flags, message):
     output = workdir / "out-bad-flag"

@@ -257,6 +257,12 @@ def check_arguments(run: RunArguments) -> None:
     for name, value in rates.items():
         if value is not None and not value > 0:
             raise TrainingSetupError(f"--{name} must be positive, got {value}.")
+    t = run.training
+    for name, value in {"adam_beta1": t.adam_beta1, "adam_beta2": t.adam_beta2}.items():
+        if not 0 <= value < 1:  # what torch's AdamW accepts; checked here, before the run folder is written
+            raise TrainingSetupError(f"--{name} must be in [0, 1), got {value}.")
+    if not t.adam_epsilon >= 0:
+        raise TrainingSetupError(f"--adam_epsilon must be 0 or more, got {t.adam_epsilon}.")
     for name in POSITIVE_COUNTS:
         value = next(getattr(group, name) for group in (run.training, run.data) if hasattr(group, name))
         if value is not None and value < 1:

@@ -199,6 +199,23 @@ def test_tokenizer_bigger_than_the_embedding(broken_folder):
     assert_one_line(error, str(broken_folder), "106 tokens", "only 64 rows")
 
 
+def test_a_tokenizer_id_past_the_embedding_is_refused_though_the_count_fits(broken_folder):
+    vocab = json.loads((broken_folder / "vocab.json").read_text())
+    vocab[max(vocab, key=vocab.get)] = 1000  # one id moved past the 64 rows: still few enough tokens
+    (broken_folder / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder), "(ids up to 1000)", "only 64 rows")
+
+
+def test_a_new_model_has_a_row_for_every_id_a_sparse_vocabulary_gives(broken_folder):
+    vocab = json.loads((broken_folder / "vocab.json").read_text())
+    vocab[max(vocab, key=vocab.get)] = 1000
+    (broken_folder / "vocab.json").write_text(json.dumps(vocab))
+    sparse = TinyGPTCharTokenizer.from_pretrained(broken_folder)
+    assert TinyGPTConfig.for_tokenizer(sparse).vocab_size == 1024  # id 1000's row, rounded up to a multiple of 64
+
+
 def test_config_of_another_model_type(broken_folder):
     edit_config(broken_folder, model_type="llama")
     with pytest.raises(ModelLoadError) as error:

@@ -68,10 +68,12 @@ class TinyGPTConfig(PreTrainedConfig):
 
     @classmethod
     def for_tokenizer(cls, tokenizer, **fields) -> "TinyGPTConfig":
-        """A config for a new model of `tokenizer`: vocab_size is len(tokenizer) rounded up to a multiple of 64
-        (aligned matmuls; the spare rows are never produced by the tokenizer), special ids taken from it."""
+        """A config for a new model of `tokenizer`: vocab_size is the number of ids it can give (its length, or its
+        highest id + 1 where a vocabulary skips ids) rounded up to a multiple of 64 (aligned matmuls; the spare
+        rows are never produced by the tokenizer), special ids taken from it."""
+        ids = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
         return cls(
-            vocab_size=-(-len(tokenizer) // 64) * 64,
+            vocab_size=-(-ids // 64) * 64,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

@@ -175,8 +175,11 @@ def load(source: str | os.PathLike, *, revision: str | None = None, token: str |
 
 
 def check_tokenizer_fits(tokenizer, config: TinyGPTConfig, where: str | os.PathLike = "model") -> None:
-    if len(tokenizer) > config.vocab_size:
+    """Every id the tokenizer can give has a row of the embedding: its count, and its highest id (a vocabulary
+    may skip ids)."""
+    highest = max(tokenizer.get_vocab().values(), default=-1)
+    if len(tokenizer) > config.vocab_size or highest >= config.vocab_size:
         raise ModelLoadError(
-            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
-            f"{config.vocab_size} rows; use the tokenizer the model was trained with, or resize_token_embeddings."
+            f"{where}: the tokenizer has {len(tokenizer)} tokens (ids up to {highest}) but the model's embedding has "
+            f"only {config.vocab_size} rows; use the tokenizer the model was trained with, or resize_token_embeddings."
         )

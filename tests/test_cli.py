@@ -334,7 +334,10 @@ def test_each_command_has_help(command, expected, capsys):
     [
         (["generate", "m", "--prompt", ""], "argument --prompt: must be non-empty"),
         (["generate", "m", "--prompt", "x", "--top_p", "1.5"], "argument --top_p: must be in (0, 1]"),
-        (["chat", "m", "--temperature", "-1"], "argument --temperature: must be 0 or more"),
+        (["chat", "m", "--temperature", "-1"], "argument --temperature: must be from 0 to 100"),
+        (["chat", "m", "--temperature", "1e308"], "argument --temperature: must be from 0 to 100"),
+        (["generate", "m", "--prompt", "x", "--seed", "-1"], "argument --seed: must be from 0 to 2^32 - 1"),
+        (["generate", "m", "--prompt", "x", "--max_new_tokens", str(10**21)], "at most 2^63 - 1"),
         (["chat", "m", "--max_new_tokens", "0"], "argument --max_new_tokens: must be at least 1"),
         (["chat", "m", "--int8", "--no-compile"], "--int8 decodes through a compiled step"),
         (["generate", "m", "--prompt", "x", "--int8", "--no-compile"], "--int8 decodes through a compiled step"),

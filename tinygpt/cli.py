@@ -35,6 +35,7 @@ from .engine import Engine
 from .export import DTYPES, FORMATS, ExportError, export_model
 from .hub import HubError, is_offline, pull_model, push_model, validate_repo_id
 from .loading import ModelLoadError, load, model_folder
+from .request import INT64_MAX, MAX_TEMPERATURE
 from .space import space_url
 
 EXIT_WORDS = ("exit", "quit")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--min_new_tokens", type=non_negative_int, default=0, help="no end-of-text before this many tokens (default 0)"
     )
-    generate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    generate.add_argument("--seed", type=seed, default=None, help="random seed, for repeatable sampling")
     generate.set_defaults(run=run_generate)
 
     push = commands.add_parser("push", help="upload a saved model folder to the Hub", description=run_push.__doc__)
@@ -179,7 +180,7 @@ def check_decoding_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--temperature", type=temperature, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top_k", type=non_negative_int, default=None, help="sample from the k likeliest tokens only")
     parser.add_argument(
         "--top_p", type=probability, default=None, help="sample from the smallest set holding this much probability"
@@ -363,9 +364,10 @@ def api_key(text: str) -> str:
 
 
 non_empty = checked(str, bool, "non-empty", "text")
-positive_int = checked(int, lambda value: value >= 1, "at least 1", "integer")
-non_negative_int = checked(int, lambda value: value >= 0, "0 or more", "integer")
-non_negative_float = checked(float, lambda value: value >= 0, "0 or more", "number")
+positive_int = checked(int, lambda value: 1 <= value <= INT64_MAX, "at least 1 (and at most 2^63 - 1)", "integer")
+non_negative_int = checked(int, lambda value: 0 <= value <= INT64_MAX, "0 or more (and at most 2^63 - 1)", "integer")
+temperature = checked(float, lambda value: 0 <= value <= MAX_TEMPERATURE, f"from 0 to {MAX_TEMPERATURE:g}", "number")
+seed = checked(int, lambda value: 0 <= value < 1 << 32, "from 0 to 2^32 - 1", "integer")  # numpy's range
 probability = checked(float, lambda value: 0 < value <= 1, "in (0, 1]", "number")
 
 

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 INT64_MAX = (1 << 63) - 1
+MAX_TEMPERATURE = 100.0  # already all but uniform; far larger ones overflow the engine's float32 settings
 
 
 @dataclass
@@ -25,8 +26,10 @@ class Request:
             raise ValueError("Engine: the prompt is empty; pass at least one token (e.g. the <BOS> id).")
         if self.max_new_tokens < 0 or self.min_new_tokens < 0:
             raise ValueError("Engine: max_new_tokens and min_new_tokens must be 0 or more.")
-        if self.temperature < 0:
-            raise ValueError(f"Engine: temperature must be 0 (greedy) or more, got {self.temperature}.")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(
+                f"Engine: temperature must be from 0 (greedy) to {MAX_TEMPERATURE:g}, got {self.temperature}."
+            )
         counts = {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens, "top_k": self.top_k}
         for name, value in counts.items():  # each lands in an int64 slot of the engine's state
             if value is not None and value > INT64_MAX:

@@ -424,6 +424,14 @@ def test_the_real_sharegpt_file(shared_data):
             {"messages": [{"role": "user", "content": "hi"}]},
             "record 1 has no assistant turn; there is nothing to learn from it.",
         ),
+        (
+            {"messages": [{"role": ["user"], "content": "hi"}]},
+            "record 1, turn 0: unknown role ['user']; use human, user, gpt, assistant, system.",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "\ud800"}]},
+            "record 1, turn 0: its text holds an unpaired surrogate (a \\ud800-style escape).",
+        ),
     ],
 )
 def test_a_bad_chat_record_is_named_by_its_number(tmp_path, record, problem):
@@ -432,6 +440,17 @@ def test_a_bad_chat_record_is_named_by_its_number(tmp_path, record, problem):
     with pytest.raises(DataError) as error:
         read_conversations(str(path))
     assert str(error.value) == f"{path}: {problem}"
+
+
+def test_json_nested_past_pythons_limit_is_one_clear_line(tmp_path):
+    for name, text, problem in [
+        ("chat.json", "[" * 100_000, "is not valid JSON"),
+        ("chat.jsonl", '{"messages": ' + "[" * 100_000, "line 1 .*nested too deeply"),
+    ]:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=problem):
+            read_conversations(str(path))
 
 
 def test_bad_jsonl_line_and_bad_messages_are_one_clear_line(tmp_path):

@@ -295,10 +295,10 @@ def read_conversations(chat_file: str) -> list[list[dict]]:
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested past Python's limit
             raise DataError(
                 f"{chat_file} is not valid JSON ({error}); fix it or write one record per line (JSONL)."
-            ) from error
+            ) from None
     else:
         records = []
         for line_number, line in enumerate(text.splitlines(), start=1):
@@ -306,10 +306,11 @@ def read_conversations(chat_file: str) -> list[list[dict]]:
                 continue
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, RecursionError) as error:
+                reason = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
                 raise DataError(
-                    f"{chat_file}: line {line_number} is not valid JSON ({error.msg}); fix that line."
-                ) from error
+                    f"{chat_file}: line {line_number} is not valid JSON ({reason}); fix that line."
+                ) from None
     conversations = [_record_messages(record, f"{chat_file}: record {i}") for i, record in enumerate(records)]
     if not conversations:
         raise DataError(f"{chat_file} holds no conversations.")
@@ -328,9 +329,15 @@ def _record_messages(record, where: str) -> list[dict]:
     for t, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get(content_key), str):
             raise DataError(f"{where}, turn {t}: needs {role_key!r} and a text {content_key!r}.")
-        role = SHAREGPT_ROLES.get(turn.get(role_key))
+        role = SHAREGPT_ROLES.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
         if role is None:
             raise DataError(f"{where}, turn {t}: unknown role {turn.get(role_key)!r}; use {', '.join(SHAREGPT_ROLES)}.")
+        try:
+            turn[content_key].encode("utf-8")
+        except UnicodeEncodeError:  # JSON's "\ud800" escape: a lone surrogate, which no text file can hold
+            raise DataError(
+                f"{where}, turn {t}: its text holds an unpaired surrogate (a \\ud800-style escape)."
+            ) from None
         messages.append({"role": role, "content": turn[content_key]})
     _check_messages(messages, where)
     return messages

@@ -170,10 +170,30 @@ def test_export_errors_are_one_line(args, message, tmp_path, capsys):
         existing=tmp_path / "existing",
         config_only=tmp_path / "config-only",
     )
+    capsys.readouterr()  # what saving the model printed (a progress bar, unless an earlier export turned bars off)
     assert main(["export", *(arg.format(**paths) for arg in args)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("tinygpt export: error: ") and message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists() and (tmp_path / "existing" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("out_name, format", [("plain", "hf"), ("model.gguf", "gguf")])
+def test_a_failed_write_leaves_nothing_and_touches_no_other_file(out_name, format, tmp_path):
+    """A file-size limit (as a full disk would) stops the export midway: one line, no half-written export, and a
+    file of the user's that an earlier version's temporary name would have taken (OUT.partial) is left alone."""
+    model = tmp_path / "model"
+    save_tiny_model(model, char_tokenizer(), vocab_size=32_768)  # an embedding of 4 MB, past the limit below
+    bystander = tmp_path / f"{out_name}.partial"
+    bystander.write_text("mine")
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); "
+    run = f"from tinygpt.cli import main; raise SystemExit(main({['export', str(model), out_name, '--format', format]!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", limit + run], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"tinygpt export: error: cannot write {out_name}: ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["model", bystander.name])
+    assert bystander.read_text() == "mine"
 
 
 # -- GGUF -------------------------------------------------------------------------------------------------------

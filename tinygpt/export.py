@@ -19,6 +19,8 @@ Design notes
   vocab to byte-level BPE). llama.cpp has no `<unk>` for BPE: a character outside the vocab is dropped there.
   llama.cpp's gpt2 graph uses the tanh GELU; a model trained with the exact GELU runs there with that
   approximation (logits move by about 1e-3), and the export says so.
+- Either format is written into a hidden folder beside the destination and renamed into place at the end: a
+  failed export (a full disk, a file-size limit) leaves nothing half-written.
 - An input that cannot be exported is an `ExportError` whose message is one line naming the problem and the fix.
 """
 
@@ -29,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import AddedToken, Tokenizer, decoders, models
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
@@ -63,10 +66,28 @@ def export_model(model_dir, out, *, format: str = "hf", dtype: str = "f32") -> P
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ExportError(f"{out} already exists: export into a new path (or remove it first).")
     model, tokenizer = load_for_export(model_dir)
-    if format == "hf":
-        export_hf(model, tokenizer, out, dtype=dtype)
-    else:
-        export_gguf(model, tokenizer, out, dtype=dtype)
+    if format == "gguf" and out.suffix != ".gguf":
+        raise ExportError(f"{out}: a GGUF export is one file: name it with .gguf (e.g. {out.name}.gguf).")
+    # Written in a new hidden folder beside `out`, then renamed into place: a failed export leaves nothing behind
+    # and touches no other file.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as error:
+        raise ExportError(f"cannot write {out}: {error.strerror or error}.") from None
+    try:
+        written = staging / out.name
+        if format == "hf":
+            export_hf(model, tokenizer, written, dtype=dtype)
+        else:
+            export_gguf(model, tokenizer, written, dtype=dtype)
+        if out.is_dir():
+            out.rmdir()  # the empty folder it was allowed to fill
+        written.rename(out)
+    except (OSError, SafetensorError) as error:  # a full disk, a file-size limit, a folder it may not write
+        raise ExportError(f"cannot write {out}: {getattr(error, 'strerror', None) or error}.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -220,8 +241,6 @@ def export_gguf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str =
         raise ExportError("GGUF export needs the gguf package: pip install 'tinygpt[export]'.") from None
 
     config = model.config
-    if out.suffix != ".gguf":
-        raise ExportError(f"{out}: a GGUF export is one file: name it with .gguf (e.g. {out.name}.gguf).")
     if config.activation_function == "gelu":
         logger.warning(
             "note: llama.cpp's gpt2 computes the tanh GELU and this model was trained with the exact one: "
@@ -229,9 +248,7 @@ def export_gguf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str =
         )
     tokens, token_types, merges = byte_level_vocab(tokenizer, config.vocab_size, gguf.TokenType)
     file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(str(partial), "gpt2")
+    writer = gguf.GGUFWriter(str(out), "gpt2")
     writer.add_name(out.stem)
     writer.add_context_length(config.n_positions)
     writer.add_embedding_length(config.n_embd)
@@ -264,7 +281,6 @@ def export_gguf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str =
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    partial.replace(out)
 
 
 def gguf_tensors(model: TinyGPTForCausalLM):

@@ -182,6 +182,23 @@ def test_from_gpt2_accepts_a_saved_gpt2_folder(gpt2, tmp_path):
     assert_same_logits_and_cached_step(TinyGPTForCausalLM.from_gpt2(tmp_path).eval(), gpt2)
 
 
+def test_from_gpt2_takes_the_exact_gelu_too(gpt2):
+    """GPT2Config allows the exact GELU, which is what `tinygpt export` writes for a model trained with it."""
+    exact = GPT2LMHeadModel(GPT2Config(**{**gpt2.config.to_dict(), "activation_function": "gelu"})).eval()
+    exact.load_state_dict(gpt2.state_dict())
+    ours = TinyGPTForCausalLM.from_gpt2(exact).eval()
+    assert ours.config.activation_function == "gelu"
+    assert_same_logits_and_cached_step(ours, exact)
+
+
+def test_from_gpt2_refuses_a_checkpoint_missing_weights(gpt2, tmp_path):
+    """transformers would fill them with random values and only warn: a conversion must not train from those."""
+    state = {name: tensor for name, tensor in gpt2.state_dict().items() if not name.startswith("transformer.h.1.")}
+    GPT2LMHeadModel(gpt2.config).save_pretrained(tmp_path, state_dict=state)
+    with pytest.raises(ValueError, match=r"from_gpt2: the checkpoint lacks 12 weights \(transformer.h.1."):
+        TinyGPTForCausalLM.from_gpt2(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training forward
 

@@ -366,6 +366,24 @@ def test_init_from_gpt2_weights_without_a_tokenizer(workdir, corpus, capsys):
     )
 
 
+def test_init_from_gpt2_weights_that_are_missing_is_one_line(workdir, corpus, capsys, shared_data):
+    folder = workdir / "gpt2-no-weights"
+    if not folder.exists():
+        shutil.copytree(gpt2_folder_without_tokenizer(workdir), folder)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(shared_data / "gpt2" / name, folder / name)
+        (folder / "model.safetensors").unlink()
+    output = workdir / "out-gpt2-no-weights"
+    argv = [*TINY[8:], "--max_steps", "1", "--text_file", corpus, "--init_from", folder, "--output_dir", output]
+    before = snapshot(output)
+    assert main([str(arg) for arg in argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"train.py: error: --init_from {folder}: "
+    )
+    assert snapshot(output) == before
+
+
 def can_mount_in_a_namespace() -> bool:
     if shutil.which("unshare") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
         return False

@@ -275,10 +275,14 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
 
         gpt2 = gpt2_model_or_path
         if isinstance(gpt2, (str, Path)):
-            gpt2 = GPT2LMHeadModel.from_pretrained(gpt2)
+            gpt2, loading = GPT2LMHeadModel.from_pretrained(gpt2, output_loading_info=True)
+            if loading["missing_keys"]:  # transformers would start them from random values, and only warn
+                missing = sorted(loading["missing_keys"])
+                raise ValueError(f"from_gpt2: the checkpoint lacks {len(missing)} weights ({missing[0]}, ...).")
         source = gpt2.config
-        if source.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"from_gpt2: activation {source.activation_function!r} is not GPT-2's tanh GELU.")
+        activations = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}  # tanh or exact
+        if source.activation_function not in activations:
+            raise ValueError(f"from_gpt2: activation {source.activation_function!r} is neither of GPT-2's GELUs.")
         if source.n_inner not in (None, 4 * source.n_embd) or source.scale_attn_by_inverse_layer_idx:
             raise ValueError("from_gpt2: only the standard GPT-2 block (n_inner = 4 * n_embd) can be converted.")
         fields = dict(
@@ -289,7 +293,7 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
             n_head=source.n_head,
             dropout=0.0,
             bias=True,
-            activation_function="gelu_new",
+            activation_function=activations[source.activation_function],
             layer_norm_epsilon=source.layer_norm_epsilon,
             initializer_range=source.initializer_range,
             bos_token_id=source.bos_token_id,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import datasets
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     PreTrainedTokenizerBase,
@@ -96,7 +97,10 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
             f"--init_from {source} holds GPT-2 weights but no tokenizer ({str(error).strip().splitlines()[0]}); "
             "copy GPT-2's vocab.json and merges.txt into it."
         ) from error
-    model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
+    try:
+        model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
+    except (OSError, ValueError, SafetensorError) as error:  # no weights, truncated ones, missing ones, another block
+        raise TrainingSetupError(f"--init_from {source}: {str(error).strip().splitlines()[0]}") from None
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # room for the chat tokens
     for config in (model.config, model.generation_config):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -254,6 +254,25 @@ def test_output_dir_holding_another_run_or_other_files_is_refused(workdir, corpu
         output,
         f"{output} holds a different run: model.n_layer was 2, now 3; pick another --output_dir, or delete {output} to start over.",
     )
+    fails_cleanly(  # the optimizer is part of the run too
+        [
+            *TINY,
+            "--optim",
+            "sgd",
+            "--max_grad_norm",
+            "0.5",
+            "--max_steps",
+            "1",
+            "--text_file",
+            corpus,
+            "--output_dir",
+            output,
+        ],
+        capsys,
+        output,
+        f"{output} holds a different run: training.max_grad_norm was 1.0, now 0.5 (and 1 more); pick another "
+        f"--output_dir, or delete {output} to start over.",
+    )
     other = workdir / "not-a-run"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -65,6 +65,9 @@ def run_settings(run: RunArguments) -> dict:
             "weight_decay": t.weight_decay,
             "adam_beta1": t.adam_beta1,
             "adam_beta2": t.adam_beta2,
+            "adam_epsilon": t.adam_epsilon,
+            "optim": getattr(t.optim, "value", t.optim),
+            "max_grad_norm": t.max_grad_norm,
             "muon_lr": m.muon_lr,
             "seed": t.seed,
         },
@@ -74,6 +77,8 @@ def run_settings(run: RunArguments) -> dict:
 def settings_differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
     differences = []
     for key in sorted(set(recorded) | set(current)):
+        if key not in recorded:  # a setting an older tinygpt did not record: its run may still continue
+            continue
         was, now = recorded.get(key), current.get(key)
         if isinstance(was, dict) and isinstance(now, dict):
             differences += settings_differences(was, now, prefix=f"{key}.")

@@ -216,6 +216,13 @@ def test_a_new_model_has_a_row_for_every_id_a_sparse_vocabulary_gives(broken_fol
     assert TinyGPTConfig.for_tokenizer(sparse).vocab_size == 1024  # id 1000's row, rounded up to a multiple of 64
 
 
+def test_a_chat_template_that_cannot_render_is_refused_at_load(broken_folder):
+    (broken_folder / "chat_template.jinja").write_text("{% if %}")
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_tokenizer(broken_folder)
+    assert_one_line(error, str(broken_folder), "its chat template does not render", "fix chat_template.jinja")
+
+
 def test_config_of_another_model_type(broken_folder):
     edit_config(broken_folder, model_type="llama")
     with pytest.raises(ModelLoadError) as error:

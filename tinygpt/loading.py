@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+import jinja2
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
@@ -153,7 +154,23 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{name_or_path}: no usable tokenizer ({str(error).splitlines()[0]})") from error
     check_tokenizer_fits(tokenizer, config, name_or_path)
+    check_chat_template(tokenizer, name_or_path)
     return model, tokenizer
+
+
+def check_chat_template(tokenizer, where: str | os.PathLike) -> None:
+    """A chat template that cannot render one exchange (a syntax error, an exception it raises) is refused now,
+    not at the first chat."""
+    if tokenizer.chat_template is None:
+        return
+    try:
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False
+        )
+    except jinja2.TemplateError as error:
+        raise ModelLoadError(
+            f"{where}: its chat template does not render ({error}); fix chat_template.jinja."
+        ) from None
 
 
 def model_folder(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None) -> Path:

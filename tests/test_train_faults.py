@@ -545,6 +545,18 @@ def checkpointed_run(workdir, corpus):
     return output, argv
 
 
+def test_resuming_another_runs_checkpoint_with_other_flags_is_refused(workdir, corpus, checkpointed_run, capsys):
+    checkpoint = checkpointed_run[0] / "checkpoint-2"
+    elsewhere = workdir / "out-other-run"
+    fails_cleanly(
+        [*tiny_text_run(corpus, elsewhere), "--n_layer", "1", "--resume_from_checkpoint", checkpoint],
+        capsys,
+        elsewhere,
+        f"{checkpoint} belongs to a different run: model.n_layer was 2, now 1; resume it with that run's flags, or "
+        f"start a new run from its weights with --init_from {checkpoint}.",
+    )
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 

@@ -91,21 +91,38 @@ def check_output_dir(output_dir: Path, settings: dict) -> None:
     """Refuse a folder that holds another run, or something that is not a run at all."""
     record = output_dir / RUN_SETTINGS_FILE
     if record.is_file():
-        try:
-            recorded = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise TrainingSetupError(f"{record} is unreadable ({error}); pick another --output_dir.") from error
-        differences = settings_differences(recorded, json.loads(json.dumps(settings)))
-        if differences:
-            more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        if difference := recorded_difference(record, settings):
             raise TrainingSetupError(
-                f"{output_dir} holds a different run: {differences[0]}{more}; pick another --output_dir, "
+                f"{output_dir} holds a different run: {difference}; pick another --output_dir, "
                 f"or delete {output_dir} to start over."
             )
     elif output_dir.is_dir() and any(output_dir.iterdir()):
         raise TrainingSetupError(
             f"{output_dir} is not empty and holds no tinygpt run (no {RUN_SETTINGS_FILE}); pick another --output_dir."
         )
+
+
+def check_checkpoint_run(checkpoint: Path, settings: dict) -> None:
+    """Refuse to resume another folder's checkpoint with flags of another run: the checkpoint's model and data
+    position would train on under settings that are not its own."""
+    record = checkpoint.parent / RUN_SETTINGS_FILE
+    if record.is_file() and (difference := recorded_difference(record, settings)):
+        raise TrainingSetupError(
+            f"{checkpoint} belongs to a different run: {difference}; resume it with that run's flags, or start a "
+            f"new run from its weights with --init_from {checkpoint}."
+        )
+
+
+def recorded_difference(record: Path, settings: dict) -> str | None:
+    """The first way `settings` differ from the run recorded in `record` (and how many more), or None."""
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise TrainingSetupError(f"{record} is unreadable ({error}); pick another --output_dir.") from error
+    differences = settings_differences(recorded, json.loads(json.dumps(settings)))
+    if not differences:
+        return None
+    return differences[0] + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
 
 
 def checkpoint_problem(path: Path) -> str | None:

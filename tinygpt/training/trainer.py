@@ -43,6 +43,7 @@ from .run_dir import (
     RUN_SETTINGS_FILE,
     WRITE_ERRORS,
     RunWriteError,
+    check_checkpoint_run,
     check_output_dir,
     checkpoint_problem,
     checkpoint_step,
@@ -242,6 +243,8 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     settings = run_settings(run)
     check_output_dir(output_dir, settings)
     resume_from, resume_note = checkpoint_to_resume(args.resume_from_checkpoint, output_dir)
+    if resume_from is not None:
+        check_checkpoint_run(Path(resume_from), settings)
     start_step = checkpoint_step(resume_from) if resume_from else 0
     # The Trainer would train one more step from a checkpoint at max_steps (on conversations): nothing to train.
     finished = resume_from is not None and 0 < args.max_steps <= start_step

@@ -442,6 +442,12 @@ def test_a_bad_chat_record_is_named_by_its_number(tmp_path, record, problem):
     assert str(error.value) == f"{path}: {problem}"
 
 
+def test_one_pretty_printed_record_is_read_as_one_conversation(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps({"messages": CONVERSATION}, indent=2), encoding="utf-8")
+    assert read_conversations(str(path)) == [CONVERSATION]
+
+
 def test_json_nested_past_pythons_limit_is_one_clear_line(tmp_path):
     for name, text, problem in [
         ("chat.json", "[" * 100_000, "is not valid JSON"),

@@ -277,7 +277,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 def read_conversations(chat_file: str) -> list[list[dict]]:
-    """Conversations from a JSON list or JSONL file, each as [{"role", "content"}, ...].
+    """Conversations from a JSON list, JSONL or a single (pretty-printed) record, each as [{"role", "content"}, ...].
 
     A record is ShareGPT form ({"conversations": [{"from", "value"}]}, from in human/user, gpt/assistant, system)
     or messages form ({"messages": [{"role", "content"}]}). The file is parsed with `json` rather than datasets'
@@ -292,7 +292,9 @@ def read_conversations(chat_file: str) -> list[list[dict]]:
         raise DataError(_not_utf8(path, "pass a JSON or JSONL chat file")) from error
     if not text.strip():
         raise DataError(f"{chat_file} is empty; give it conversations in ShareGPT or messages form.")
-    if text.lstrip().startswith("["):
+    if (record := one_json_object(text)) is not None:
+        records = [record]
+    elif text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested past Python's limit
@@ -315,6 +317,17 @@ def read_conversations(chat_file: str) -> list[list[dict]]:
     if not conversations:
         raise DataError(f"{chat_file} holds no conversations.")
     return conversations
+
+
+def one_json_object(text: str) -> dict | None:
+    """The record of a file holding one JSON object over several lines (pretty-printed), else None (JSONL, whose
+    first line alone is an object, fails here at once on the second)."""
+    if not text.lstrip().startswith("{") or len(text.strip().splitlines()) < 2:
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
 
 
 def _record_messages(record, where: str) -> list[dict]:

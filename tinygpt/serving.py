@@ -17,13 +17,19 @@ Design notes
   not, so no part of a stop string is ever sent. A client that goes away (a dropped stream) cancels its request:
   Starlette cancels the response, the token stream's `finally` cancels the request, and its slot is free before
   the next step.
+- Bodies are strict (pydantic's strict mode, unknown fields forbidden), as OpenAI's API is: a typo or a value of
+  the wrong type is an error, not a silent default. OpenAI's fields tinygpt does not implement pass only at their
+  neutral value (`NEUTRAL_VALUES`): a reply that ignored them would be a silent wrong result.
 - Errors are OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, with 400 (a bad body: malformed
-  JSON, a wrong field, n > 1, a prompt longer than the window), 401 (no or a wrong API key) and 404 (an unknown
-  model). They are made by the routes' own class (`OpenAIRoute`), so mounting the routes into Gradio's app changes
-  nothing for Gradio's routes.
+  JSON, a wrong or unsupported field, n > 1, a prompt longer than the window), 401 (no or a wrong API key), 404 (an
+  unknown model) and 415 (a body that is not application/json). They are made by the routes' own class
+  (`OpenAIRoute`), so mounting the routes into Gradio's app changes nothing for Gradio's routes.
+- A prompt far past the window is refused from its length before it is tokenized (`check_fits`), and rendering and
+  tokenizing run in the thread pool: one client's huge request never holds the event loop that streams the others.
 - Security: `api_key` is compared in constant time and is never logged or sent back (uvicorn logs request lines,
   not headers). The server binds 127.0.0.1 unless told otherwise, and a Host header naming another server gets a
-  400 (`host_check`, against DNS rebinding), as in the app.
+  400 (`host_check`, against DNS rebinding), as in the app. Only JSON bodies are read: a web page can send a form
+  or text to a local server without its consent, not JSON.
 """
 
 import json

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench_generate import CHAR_SHAPE  # noqa: E402  (this folder is on sys.path when a benchmark runs)
 
 from tinygpt import TinyGPTForCausalLM  # noqa: E402
-from tinygpt.engine import Engine, Request  # noqa: E402
-from tinygpt.scheduler import Scheduler  # noqa: E402
+from tinygpt.decoding.engine import Engine, Request  # noqa: E402
+from tinygpt.decoding.scheduler import Scheduler  # noqa: E402
 
 SHAPES = {
     "char": CHAR_SHAPE,

@@ -34,8 +34,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, installed or not
 from tinygpt import TinyGPTCharTokenizer  # noqa: E402
-from tinygpt.presets import PRESETS  # noqa: E402
-from tinygpt.training import ModelArguments, new_model  # noqa: E402
+from tinygpt.training.args import ModelArguments  # noqa: E402
+from tinygpt.training.presets import PRESETS  # noqa: E402
+from tinygpt.training.trainer import new_model  # noqa: E402
 
 QUESTION = "hello! what can you tell me about the weather today?"
 

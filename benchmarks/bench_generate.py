@@ -8,7 +8,7 @@ with EOS disabled, after one untimed warm-up run; the figure is the median of --
 taking turns.
 
 Rows: HF GPT-2 with its default DynamicCache; TinyGPT's generate() with a DynamicCache and with
-`cache_implementation="static"`; and tinygpt.engine.Engine, which every tinygpt surface decodes with (on a CPU:
+`cache_implementation="static"`; and tinygpt.decoding.engine.Engine, which every tinygpt surface decodes with (on a CPU:
 eager, the default; compiled, as `--compile` runs it; and compiled with int8 weights, as `--int8` runs it; on
 CUDA: its default of 8 steps per graph replay, and 1; a compiled row's warm-up run compiles). The int8 row's
 tokens are not expected to equal the others': it reports how many of them match before the first difference.
@@ -37,7 +37,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 from tinygpt import SPECIAL_TOKENS, TinyGPTCharTokenizer, TinyGPTForCausalLM  # noqa: E402
-from tinygpt.engine import Engine  # noqa: E402
+from tinygpt.decoding.engine import Engine  # noqa: E402
 
 SHAKESPEARE_CHARS = 65
 VOCAB_SIZE = -(-(SHAKESPEARE_CHARS + len(SPECIAL_TOKENS)) // 64) * 64  # 71 tokens -> 128 rows

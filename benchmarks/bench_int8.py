@@ -2,9 +2,9 @@
 
     python benchmarks/bench_int8.py --model runs/shakespeare-char --text_file ../shared/data/tinyshakespeare.txt
 
-Rows: the model as trained (fp32) and tinygpt.quantization's int8-weight copy, the one `app.py --int8` decodes
+Rows: the model as trained (fp32) and tinygpt.decoding.quantization's int8-weight copy, the one `app.py --int8` decodes
 with. The loss is over train.py's validation split (the text's last 10%, nanoGPT's split), in consecutive
-windows of the model's context. Decoding is tinygpt.engine.Engine, compiled, greedy, from prompts taken along
+windows of the model's context. Decoding is tinygpt.decoding.engine.Engine, compiled, greedy, from prompts taken along
 the validation split; "fp32's pick" is how often the int8 engine chose the token the fp32 model ranks first at
 that point of the int8 engine's own text, and "same prefix" the median number of tokens both engines agree on
 before they first differ (a near tie decides that).
@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-from tinygpt.engine import Engine  # noqa: E402
-from tinygpt.quantization import int8_weight_copy  # noqa: E402
-from tinygpt.token_stream import encode_text, split_train_val  # noqa: E402
+from tinygpt.data.token_stream import encode_text, split_train_val  # noqa: E402
+from tinygpt.decoding.engine import Engine  # noqa: E402
+from tinygpt.decoding.quantization import int8_weight_copy  # noqa: E402
 
 
 def parse_args():

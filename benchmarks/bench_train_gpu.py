@@ -40,7 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: tinygpt comes from this checkout
-from tinygpt.presets import PRESETS  # noqa: E402
+from tinygpt.training.presets import PRESETS  # noqa: E402
 
 SHARED = next((p for p in (REPO / "shared", REPO.parent / "shared") if p.is_dir()), REPO.parent / "shared")
 PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16

@@ -1,6 +1,6 @@
 """Where a training step's time goes on a GPU: `train.py` as it is, with torch.profiler over a few optimizer steps.
 
-It runs train.py's own code in this process (tinygpt.training.main, the same Trainer), adds one callback that
+It runs train.py's own code in this process (tinygpt.training.trainer.main, the same Trainer), adds one callback that
 profiles optimizer steps --start to --start + --steps (after compiling and warming up), and prints:
 - GPU kernel time by kind: matrix products, attention, the optimizer, inductor's fused kernels (norms, GELU,
   the loss), copies and the rest, each as a share of the profiled wall time;

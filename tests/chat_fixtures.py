@@ -24,8 +24,9 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 from tests.fake_hub import start_fake_hub
 from tests.servers import free_port, wait_until_answering
 from tinygpt import TinyGPTCharTokenizer
-from tinygpt.training import ModelArguments, new_model
+from tinygpt.training.args import ModelArguments
 from tinygpt.training.report import plot_losses
+from tinygpt.training.trainer import new_model
 
 REPO = Path(__file__).resolve().parent.parent
 

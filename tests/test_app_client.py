@@ -18,7 +18,7 @@ from gradio_client import Client
 
 from tests.chat_fixtures import CONVERSATIONS, REPO, running_app
 from tests.servers import free_port
-from tinygpt import webui
+from tinygpt.app import page as webui
 
 GREEDY = dict(system_prompt="", temperature=0, top_k=0, top_p=1, max_new_tokens=64)
 pytestmark = pytest.mark.slow

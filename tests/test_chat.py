@@ -1,4 +1,4 @@
-"""tinygpt.chat: prompts through the chat template, trimming to the window, streaming, stopping."""
+"""tinygpt.decoding.chat: prompts through the chat template, trimming to the window, streaming, stopping."""
 
 import threading
 from itertools import pairwise
@@ -7,9 +7,9 @@ import pytest
 
 from tests.chat_fixtures import CONVERSATIONS, N_POSITIONS, trained_chat_model
 from tinygpt import TinyGPTCharTokenizer
-from tinygpt.app_models import read_eval_loss
-from tinygpt.chat import ChatModel, DecodingOptions, build_prompt
-from tinygpt.loading import load_model_and_tokenizer
+from tinygpt.app.models import read_eval_loss
+from tinygpt.decoding.chat import ChatModel, DecodingOptions, build_prompt
+from tinygpt.hub.checks import load_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url
-from tinygpt.chat import ChatModel, DecodingOptions
 from tinygpt.cli import main
-from tinygpt.hub import push_model
-from tinygpt.loading import load_model_and_tokenizer
+from tinygpt.decoding.chat import ChatModel, DecodingOptions
+from tinygpt.hub.checks import load_model_and_tokenizer
+from tinygpt.hub.push import push_model
 
 pytestmark = pytest.mark.slow  # subprocesses of the real command line
 

@@ -13,16 +13,13 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from tinygpt import SPECIAL_TOKENS, data, token_stream
-from tinygpt.data import (
-    DataError,
-    conversation_dataset,
-    encode_conversation,
-    read_conversations,
-    streamed_windows,
-    text_documents,
-)
-from tinygpt.token_stream import (
+from tinygpt import SPECIAL_TOKENS
+from tinygpt.data import text as data
+from tinygpt.data import token_stream
+from tinygpt.data.conversations import conversation_dataset, encode_conversations, read_conversations
+from tinygpt.data.errors import DataError
+from tinygpt.data.text import streamed_windows, text_documents
+from tinygpt.data.token_stream import (
     TokenStream,
     TokenWindows,
     WindowCollator,
@@ -31,7 +28,7 @@ from tinygpt.token_stream import (
     token_dtype,
     tokenize_corpus,
 )
-from tinygpt.tokenization_tinygpt import build_tokenizer
+from tinygpt.data.tokenizers import build_tokenizer
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 CONVERSATION = [
@@ -349,8 +346,8 @@ def chat_tokenizer(request):
 
 
 def test_only_assistant_replies_and_their_eos_carry_labels(chat_tokenizer):
-    encoded = encode_conversation(chat_tokenizer, CONVERSATION, max_length=512)
-    input_ids, labels = encoded["input_ids"], encoded["labels"]
+    encoded = encode_conversations(chat_tokenizer, [CONVERSATION], max_length=512)
+    input_ids, labels = encoded["input_ids"][0], encoded["labels"][0]
     assert input_ids == chat_tokenizer.apply_chat_template(CONVERSATION)["input_ids"]
     assert len(labels) == len(input_ids)
     assert all(label in (-100, token) for label, token in zip(labels, input_ids, strict=True))
@@ -362,8 +359,8 @@ def test_only_assistant_replies_and_their_eos_carry_labels(chat_tokenizer):
 
 
 def test_conversations_are_truncated_to_max_length(chat_tokenizer):
-    encoded = encode_conversation(chat_tokenizer, CONVERSATION, max_length=10)
-    assert len(encoded["input_ids"]) == len(encoded["labels"]) == 10
+    encoded = encode_conversations(chat_tokenizer, [CONVERSATION], max_length=10)
+    assert len(encoded["input_ids"][0]) == len(encoded["labels"][0]) == 10
 
 
 def test_conversation_dataset_pads_with_the_seq2seq_collator():
@@ -466,7 +463,7 @@ def test_bad_jsonl_line_and_bad_messages_are_one_clear_line(tmp_path):
         read_conversations(str(path))
     tokenizer = build_tokenizer("char", "abc")
     with pytest.raises(DataError) as error:
-        encode_conversation(tokenizer, [{"role": "tool", "content": "x"}], max_length=10)
+        conversation_dataset(tokenizer, [[{"role": "tool", "content": "x"}]], max_length=10)
     assert str(error.value) == "conversation 0, turn 0: unknown role 'tool'; use system, user or assistant."
 
 

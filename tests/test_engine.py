@@ -1,4 +1,4 @@
-"""tinygpt.engine.Engine, the one decoding engine: generate()'s greedy tokens inside the window, one sliding rule
+"""tinygpt.decoding.engine.Engine, the one decoding engine: generate()'s greedy tokens inside the window, one sliding rule
 past it, batched requests that join and leave, sampling knobs, stops, cancelling, min_new_tokens."""
 
 import shutil
@@ -10,7 +10,7 @@ from torch import nn
 
 from tests.tiny_models import ENGINE_CORPUS, tiny_model
 from tinygpt import TinyGPTCharTokenizer
-from tinygpt.engine import Engine, Request
+from tinygpt.decoding.engine import Engine, Request
 
 N_POSITIONS = 48
 
@@ -229,7 +229,7 @@ def test_int8_weights_need_a_compiled_cpu_engine(model_and_prompt):
 
 
 def test_cumulative_sum_in_blocks_is_cumsum():
-    from tinygpt.sampling import cumulative_sum
+    from tinygpt.decoding.sampling import cumulative_sum
 
     for width in (100, 256, 257, 50257):
         x = torch.rand(3, width, dtype=torch.float64)
@@ -238,7 +238,7 @@ def test_cumulative_sum_in_blocks_is_cumsum():
 
 def test_every_copy_in_flight_keeps_its_own_buffer():
     """The engine may have two replays and a prefill per joining request on their way to the host at once."""
-    from tinygpt.cuda_graphs import HostCopies
+    from tinygpt.decoding.cuda_graphs import HostCopies
 
     copies = HostCopies((2, 3), torch.device("cpu"))
     handles = [copies.start(torch.full((1 + i % 2, 3), i)) for i in range(6)]

@@ -15,9 +15,9 @@ import torch
 
 from tests.test_engine import reference_sliding_greedy
 from tests.tiny_models import ENGINE_CORPUS, tiny_model
-from tinygpt.chat import ChatModel, DecodingOptions
-from tinygpt.engine import Engine, Request
-from tinygpt.scheduler import Scheduler
+from tinygpt.decoding.chat import ChatModel, DecodingOptions
+from tinygpt.decoding.engine import Engine, Request
+from tinygpt.decoding.scheduler import Scheduler
 
 pytestmark = [
     pytest.mark.cuda,

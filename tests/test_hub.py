@@ -18,8 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
-from tinygpt.hub import HubError, pull_model, push_model, validate_repo_id
-from tinygpt.loading import load_model_and_tokenizer
+from tinygpt.hub.checks import load_model_and_tokenizer
+from tinygpt.hub.push import push_model
+from tinygpt.hub.remote import HubError, pull_model, validate_repo_id
 
 MODEL_FILES = {
     "README.md",

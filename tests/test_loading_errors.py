@@ -1,5 +1,5 @@
 """Every bad input gives one clear line: bad configs, broken saved folders (through
-`tinygpt.loading.load_model_and_tokenizer`), empty prompts and too many positions, unseen characters."""
+`tinygpt.hub.loader.load_model_and_tokenizer`), empty prompts and too many positions, unseen characters."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.tiny_models import tiny_model
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig
-from tinygpt.loading import ModelLoadError, load_model_and_tokenizer
+from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
 from tinygpt.modeling_tinygpt import CACHE_FIELD
 
 CORPUS = "To be, or not to be: that is the question.\n"
@@ -269,7 +269,7 @@ def test_cached_step_past_the_window_is_a_value_error(model):
         cache = getattr(model(torch.zeros(1, WINDOW, dtype=torch.long), use_cache=True), CACHE_FIELD)
         with pytest.raises(ValueError) as error:
             model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
-    assert_one_line(error, f"position {WINDOW}", "tinygpt.engine.Engine")
+    assert_one_line(error, f"position {WINDOW}", "tinygpt.decoding.engine.Engine")
 
 
 def test_unseen_characters_become_unk_and_generate_runs(model, tokenizer):

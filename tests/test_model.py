@@ -83,7 +83,7 @@ def test_generate_inside_the_window_is_hfs_own_with_a_streamer(model, tokenizer)
 def test_generate_past_the_window_names_the_engine(tokenizer):
     model = tiny_model(tokenizer, n_positions=24)
     prompt = tokenizer("Speak", return_tensors="pt").input_ids
-    with pytest.raises(ValueError, match=r"position 24 is past the context window.*tinygpt\.engine\.Engine"):
+    with pytest.raises(ValueError, match=r"position 24 is past the context window.*tinygpt\.decoding\.engine\.Engine"):
         greedy(model, prompt, new_tokens=40)
 
 

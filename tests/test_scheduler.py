@@ -1,4 +1,4 @@
-"""tinygpt.engine.Scheduler, continuous batching in-process: requests from many threads join and leave one batch,
+"""tinygpt.decoding.engine.Scheduler, continuous batching in-process: requests from many threads join and leave one batch,
 cancelling frees a slot at once, each request keeps its own settings, a step runs over the smallest bucket."""
 
 import threading
@@ -9,8 +9,8 @@ import pytest
 
 from tests.test_engine import N_POSITIONS, reference_sliding_greedy
 from tests.tiny_models import tiny_model
-from tinygpt.engine import Engine, Request, batch_buckets
-from tinygpt.scheduler import Scheduler
+from tinygpt.decoding.engine import Engine, Request, batch_buckets
+from tinygpt.decoding.scheduler import Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_requests_from_many_threads_join_and_leave_one_batch(model, tokenizer):
 def test_a_request_joins_while_the_others_decode(model, tokenizer):
     """A request arriving mid-decode starts at once, not when the batch has drained (the loop keeps a replay in
     flight, so it must admit with copies on their way)."""
-    from tinygpt.request import Live
+    from tinygpt.decoding.request import Live
 
     engine = Engine(model, max_batch=2)
     long = Live(Request(tokenizer.encode("the quick"), max_new_tokens=100), lambda: False)

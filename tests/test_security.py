@@ -29,7 +29,8 @@ import tinygpt
 from tests.chat_fixtures import REPO, trained_chat_model
 from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url, start_fake_hub
 from tests.servers import free_port, wait_until_answering
-from tinygpt.hub import HubError, push_model
+from tinygpt.hub.push import push_model
+from tinygpt.hub.remote import HubError
 
 TINYGPT = Path(sys.executable).with_name("tinygpt")  # the console script pyproject.toml installs
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 
 from tests.chat_fixtures import CONVERSATIONS, REPO, trained_chat_model
 from tests.servers import free_port, wait_until_answering
-from tinygpt.loading import load_model_and_tokenizer
+from tinygpt.hub.checks import load_model_and_tokenizer
 
 API_KEY = "sk-test-serve-0123456789"
 MAX_BATCH = 4  # fewer slots than the concurrent tests' streams: the rest wait, and must still be answered
@@ -189,7 +189,7 @@ def test_abandoned_whole_replies_free_their_slots(server, model_id):
 
 
 def test_stop_strings_are_found_across_pieces_and_held_back():
-    from tinygpt.serving import StopStrings
+    from tinygpt.serving.openai import StopStrings
 
     stop = StopStrings(["END", "the end"])
     sent = [stop.push(piece) for piece in ["it was th", "e e", "nd of it"]]
@@ -304,7 +304,7 @@ def test_an_ipv6_address_is_its_own_allowed_host():
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from tinygpt.serving import host_check, url_host
+    from tinygpt.serving.server import host_check, url_host
 
     app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))], middleware=[host_check("::1")])
     for base_url, status in [("http://[::1]:8000", 200), ("http://localhost:8000", 200), ("http://evil.example", 400)]:

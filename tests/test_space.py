@@ -81,7 +81,7 @@ def test_space_app_runs_without_tinygpt_and_answers_gradio_client(hub, pushed, t
 
 
 def test_app_hub_tab_publishes_a_space(hub, model_dir, monkeypatch):
-    from tinygpt import webui
+    from tinygpt.app import models as webui
 
     monkeypatch.setattr(constants, "ENDPOINT", hub)
     status, token_box = webui.push(str(model_dir), "bob/chat", TOKEN, False, "", "bob/chat-demo")

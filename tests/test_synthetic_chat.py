@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
-from tinygpt.synthetic_chat import FAMILIES, PREFIXES, HeldOutQuestion, exact_match, make_synthetic_chat
-from tinygpt.tokenization_tinygpt import build_tokenizer
+from tinygpt.data.synthetic_chat import FAMILIES, PREFIXES, HeldOutQuestion, make_synthetic_chat
+from tinygpt.data.tokenizers import build_tokenizer
+from tinygpt.training.exam import exact_match
 
 
 @pytest.fixture(scope="module")

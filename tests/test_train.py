@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
 from tests.train_cli import TINY, TINY_SCHEDULE, describe, run_train, write_corpus
-from tinygpt.presets import PRESETS
-from tinygpt.tokenization_tinygpt import build_tokenizer
+from tinygpt.data.tokenizers import build_tokenizer
 from tinygpt.training import args as training_args
-from tinygpt.training import main, parse_args
-from tinygpt.training.args import LATEST, DevicePolicy
+from tinygpt.training.args import LATEST, DevicePolicy, parse_args
+from tinygpt.training.presets import PRESETS
+from tinygpt.training.trainer import main
 
 pytestmark = pytest.mark.slow  # subprocesses of the real command line
 

@@ -1,6 +1,6 @@
 """train.py under faults: a SIGKILLed run resumes on the same schedule, and every bad input ends in one line.
 
-Bad inputs run `tinygpt.training.main` (what train.py calls) in this process, which is fast; one of them also
+Bad inputs run `tinygpt.training.trainer.main` (what train.py calls) in this process, which is fast; one of them also
 goes through the real CLI in a subprocess to show a user sees no traceback there either.
 """
 
@@ -21,8 +21,8 @@ import torch
 
 from tests.train_cli import TINY, TRAIN_PY, describe, run_train, train_env, write_corpus
 from tinygpt import TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM
-from tinygpt.tokenization_tinygpt import build_tokenizer
-from tinygpt.training import main
+from tinygpt.data.tokenizers import build_tokenizer
+from tinygpt.training.trainer import main
 
 
 @pytest.fixture(scope="module")
@@ -469,7 +469,7 @@ def test_a_context_that_cannot_fit_in_memory_is_refused_up_front(workdir, corpus
 
 
 def test_a_context_that_makes_steps_slow_is_announced(capsys, monkeypatch):
-    from tinygpt.training import parse_args
+    from tinygpt.training.args import parse_args
     from tinygpt.training.corpus import check_context_fits
 
     monkeypatch.setattr("tinygpt.training.corpus.memory_bytes", lambda device: 1 << 40)  # a 1 TiB machine: it fits

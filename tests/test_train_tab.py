@@ -10,8 +10,8 @@ from gradio_client import Client, handle_file
 
 from tests.chat_fixtures import running_app
 from tests.train_cli import write_corpus
-from tinygpt.training_runs import TrainingRequestError, TrainingRuns
-from tinygpt.webui import local_models
+from tinygpt.app.page import local_models
+from tinygpt.app.train_runs import TrainingRequestError, TrainingRuns
 
 GREEDY = dict(system_prompt="", temperature=0, top_k=0, top_p=1, max_new_tokens=64)
 SMALL = {"n_layer": 1, "n_embd": 32, "block_size": 32, "per_device_train_batch_size": 8}

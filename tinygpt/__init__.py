@@ -8,9 +8,9 @@ folders also carry the three model files and an `auto_map`, so machines without 
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .configuration_tinygpt import TinyGPTConfig
-from .modeling_tinygpt import TinyGPTForCausalLM, TinyGPTModel, TinyGPTPreTrainedModel
-from .tokenization_tinygpt import CHAT_TEMPLATE, SPECIAL_TOKENS, TinyGPTCharTokenizer, load_gpt2_chat_tokenizer
+from tinygpt.configuration_tinygpt import TinyGPTConfig
+from tinygpt.modeling_tinygpt import TinyGPTForCausalLM, TinyGPTModel, TinyGPTPreTrainedModel
+from tinygpt.tokenization_tinygpt import CHAT_TEMPLATE, SPECIAL_TOKENS, TinyGPTCharTokenizer, load_gpt2_chat_tokenizer
 
 AutoConfig.register(TinyGPTConfig.model_type, TinyGPTConfig, exist_ok=True)
 AutoModel.register(TinyGPTConfig, TinyGPTModel, exist_ok=True)

@@ -7,7 +7,7 @@
     tinygpt export MODEL OUT                  write it as plain GPT-2 (--format hf) or as GGUF (--format gguf)
     tinygpt serve MODEL [--port 8000]         an OpenAI-compatible API (/v1/chat/completions, ...) on 127.0.0.1
 
-Thin on purpose: each command parses its arguments and calls the package (tinygpt.loading, tinygpt.chat,
+Thin on purpose: each command parses its arguments and calls the package (tinygpt.hub.loader, tinygpt.decoding.chat,
 tinygpt.hub). MODEL is a local folder or a Hub repo id, pulled into the cache first. What a user can get wrong
 (a folder, a repo id, a token, an unreachable Hub) ends as one line on stderr and exit status 1, never a
 traceback. argparse rather than HfArgumentParser: these are subcommands with positional arguments, not
@@ -21,7 +21,6 @@ for; TINYGPT_API_KEY keeps the key off the command line.
 
 import argparse
 import getpass
-import os
 import sys
 import threading
 import time
@@ -30,13 +29,23 @@ from huggingface_hub import constants, get_token
 from transformers import set_seed
 from transformers.utils import logging as transformers_logging
 
-from .chat import ChatModel, DecodingOptions, text_pieces
-from .engine import Engine
-from .export import DTYPES, FORMATS, ExportError, export_model
-from .hub import HubError, is_offline, pull_model, push_model, validate_repo_id
-from .loading import ModelLoadError, load, model_folder
-from .request import INT64_MAX, MAX_TEMPERATURE
-from .space import space_url
+from tinygpt.decoding.chat import ChatModel, DecodingOptions, text_pieces
+from tinygpt.decoding.engine import Engine
+from tinygpt.decoding.flags import (
+    add_decoding_arguments,
+    add_sampling_arguments,
+    check_decoding_arguments,
+    non_empty,
+    non_negative_int,
+    seed,
+)
+from tinygpt.hub.checks import ModelLoadError
+from tinygpt.hub.export import DTYPES, FORMATS, ExportError, export_model
+from tinygpt.hub.loader import load, model_folder
+from tinygpt.hub.push import push_model
+from tinygpt.hub.remote import HubError, is_offline, pull_model, validate_repo_id
+from tinygpt.hub.space import space_url
+from tinygpt.serving.flags import add_server_arguments
 
 EXIT_WORDS = ("exit", "quit")
 
@@ -129,67 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
-    """Where and for whom a server listens, and how many replies it batches: `tinygpt serve` and app.py."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=default_port, help=f"port to serve on (default {default_port})")
-    parser.add_argument(
-        "--allowed_host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also accept requests whose Host header is NAME (repeatable; default: the --host address, localhost, "
-        "127.0.0.1 and, with --host 0.0.0.0, this machine's name); other Host headers get a 400",
-    )
-    parser.add_argument(
-        "--max_batch",
-        type=positive_int,
-        default=16,
-        help="replies decoded together in one batch (default 16); more wait for a free slot",
-    )
-    parser.add_argument(
-        "--api_key",
-        type=api_key,
-        default=os.environ.get("TINYGPT_API_KEY") or None,  # set but empty: no key
-        help="require 'Authorization: Bearer KEY' on the /v1 API (default: $TINYGPT_API_KEY, else no key); the "
-        "environment variable keeps it out of `ps`",
-    )
-
-
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """How text is decoded (tinygpt.engine.Engine): flags shared by `tinygpt chat`, `tinygpt generate` and app.py."""
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compile decoding (default: on a GPU only; on a CPU it is 2-3x faster after compiling, which takes a "
-        "while the first time and comes from the compile cache after)",
-    )
-    parser.add_argument(
-        "--int8",
-        action="store_true",
-        help="decode on the CPU with int8 weights: compiled, ~1.5x faster again; the same loss, but greedy replies "
-        "may part from fp32's where two tokens are nearly tied",
-    )
-
-
-def check_decoding_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--int8 with --no-compile is a usage error: int8 weights decode through a compiled step."""
-    if args.int8 and args.compile is False:
-        parser.error("--int8 decodes through a compiled step (uncompiled it is slower than fp32): drop --no-compile")
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=temperature, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top_k", type=non_negative_int, default=None, help="sample from the k likeliest tokens only")
-    parser.add_argument(
-        "--top_p", type=probability, default=None, help="sample from the smallest set holding this much probability"
-    )
-    parser.add_argument(
-        "--max_new_tokens", type=positive_int, default=256, help="longest reply, in tokens (default 256)"
-    )
-
-
 def sampling_settings(args: argparse.Namespace) -> dict:
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
 
@@ -273,7 +221,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve a model over an OpenAI-compatible HTTP API until Ctrl-C: GET /v1/models, POST /v1/chat/completions
     (through the model's chat template) and POST /v1/completions, streamed or not. Every request joins one batch of
     up to --max_batch replies; settings a request leaves out come from the model's generation_config."""
-    from .serving import create_app, serve, url_host  # fastapi and uvicorn come with the app extra (gradio)
+    from tinygpt.serving.server import create_app, serve, url_host  # fastapi and uvicorn come with the app extra
 
     options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
     chat_model = ChatModel(*load_quietly(args.model), options)
@@ -334,41 +282,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def load_quietly(model: str):
-    """tinygpt.loading.load without transformers' "Loading weights" bar, which would only clutter the terminal."""
+    """tinygpt.hub.loader.load without transformers' "Loading weights" bar, which would only clutter the terminal."""
     transformers_logging.disable_progress_bar()
     return load(model)
-
-
-# -- argument types: a bad value is argparse's one-line usage error -----------------------------------------------
-
-
-def checked(cast, is_valid, requirement: str, name: str):
-    """An argparse type: `cast` the text, then refuse values that fail `is_valid` ("must be <requirement>")."""
-
-    def parse(text: str):
-        value = cast(text)
-        if not is_valid(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
-        return value
-
-    parse.__name__ = name  # argparse names the type in "invalid <name> value"
-    return parse
-
-
-def api_key(text: str) -> str:
-    """An argparse type for --api_key (and $TINYGPT_API_KEY): what an Authorization header can carry, printable
-    ASCII without spaces. The refusal never repeats the key."""
-    if not text or not text.isascii() or not text.isprintable() or " " in text:
-        raise argparse.ArgumentTypeError("must be printable ASCII without spaces, as an HTTP header carries it")
-    return text
-
-
-non_empty = checked(str, bool, "non-empty", "text")
-positive_int = checked(int, lambda value: 1 <= value <= INT64_MAX, "at least 1 (and at most 2^63 - 1)", "integer")
-non_negative_int = checked(int, lambda value: 0 <= value <= INT64_MAX, "0 or more (and at most 2^63 - 1)", "integer")
-temperature = checked(float, lambda value: 0 <= value <= MAX_TEMPERATURE, f"from 0 to {MAX_TEMPERATURE:g}", "number")
-seed = checked(int, lambda value: 0 <= value < 1 << 32, "from 0 to 2^32 - 1", "integer")  # numpy's range
-probability = checked(float, lambda value: 0 < value <= 1, "in (0, 1]", "number")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Design notes
   tinygpt carry this file, so they load through remote code on every transformers from the floor to the newest.
 - Learned absolute positions cap the context at `n_positions`. `forward` refuses positions past it with a
   ValueError (never an index error or a device assert). Text longer than the window comes from
-  `tinygpt.engine.Engine`, which slides the window as nanoGPT crops its context.
+  `tinygpt.decoding.engine.Engine`, which slides the window as nanoGPT crops its context.
 """
 
 import dataclasses
@@ -212,7 +212,7 @@ class TinyGPTModel(TinyGPTPreTrainedModel):
             raise ValueError(
                 f"TinyGPT: position {last_position} is past the context window (n_positions="
                 f"{self.config.n_positions}); pass at most {self.config.n_positions} tokens including the cache, "
-                "or generate longer texts with tinygpt.engine.Engine, which slides the window."
+                "or generate longer texts with tinygpt.decoding.engine.Engine, which slides the window."
             )
 
 

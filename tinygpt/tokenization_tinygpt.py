@@ -10,9 +10,8 @@ with this very template (`apply_chat_template`). Generation stops at `<EOS>`.
 `TinyGPTCharTokenizer` is hand-written because no library ships a character-level `PreTrainedTokenizer` that
 builds its vocabulary from a corpus; the base class does the rest (special-token splitting, padding, saving).
 
-Also here, as they belong to the template: `build_tokenizer` (what train.py's --tokenizer names: char, gpt2, a
-byte-level BPE trained with `tokenizers`, or a saved folder), and `encode_conversations`, the chat loss mask:
-only the assistant's replies and the <EOS> that closes each carry labels (nanochat's rule).
+This file is uploaded with every model as remote code, so it holds the tokenizers and their template only; what
+builds a tokenizer for training (train.py's --tokenizer, BPE training) lives in tinygpt.data.tokenizers.
 """
 
 import json
@@ -20,13 +19,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizer
 
 PAD, UNK, BOS, EOS, USER, ASSISTANT = "<pad>", "<unk>", "<BOS>", "<EOS>", "<user>:", "<assistant>:"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, USER, ASSISTANT]  # the char tokenizer gives them ids 0..5
-
-IGNORE_INDEX = -100  # label of positions that carry no loss (transformers' convention)
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -165,124 +161,4 @@ def load_gpt2_chat_tokenizer(name_or_dir: str | os.PathLike = "gpt2"):
     return tokenizer
 
 
-class DataError(ValueError):
-    """Unusable training data; the one-line message names the file / record / value and the fix."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def build_tokenizer(spec: str, corpus: str | Iterable[str] | None, bpe_vocab_size: int = 1024):
-    """A tokenizer with the chat tokens and template: "char", "gpt2", "bpe" (trained on `corpus`) or a folder.
-
-    A folder is either GPT-2's vocab.json + merges.txt or a tokenizer saved with `save_pretrained` (e.g. a
-    previous run's output).
-    """
-    if spec == "char":
-        return TinyGPTCharTokenizer.from_corpus(_required_corpus(spec, corpus))
-    if spec == "gpt2":
-        try:
-            return load_gpt2_chat_tokenizer("gpt2")
-        except OSError as error:
-            raise DataError(
-                f"cannot load the 'gpt2' tokenizer from the Hub ({_first_line(error)}); "
-                "pass --tokenizer with a folder holding GPT-2's vocab.json + merges.txt."
-            ) from error
-    if spec == "bpe":
-        return train_bpe_tokenizer(_required_corpus(spec, corpus), bpe_vocab_size)
-    folder = Path(spec)
-    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
-        return _load_saved_tokenizer(folder)
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return load_gpt2_chat_tokenizer(folder)
-    raise DataError(
-        f"--tokenizer {spec!r} is not char, gpt2, bpe or a folder with a saved tokenizer "
-        "(tokenizer_config.json) or GPT-2's vocab.json + merges.txt."
-    )
-
-
-def _required_corpus(spec: str, corpus: str | Iterable[str] | None) -> str | Iterable[str]:
-    if corpus is None:
-        raise DataError(f"--tokenizer {spec} is built from the training text, but there is none.")
-    return corpus
-
-
-def _load_saved_tokenizer(folder: Path):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot load the tokenizer saved in {folder}: {_first_line(error)}") from error
-    vocab = tokenizer.get_vocab()
-    if any(token not in vocab for token in SPECIAL_TOKENS):
-        if (folder / "tokenizer.json").is_file():
-            return load_gpt2_chat_tokenizer(folder)  # adds the chat tokens to any BPE tokenizer
-        missing = [token for token in SPECIAL_TOKENS if token not in vocab]
-        raise DataError(f"the tokenizer in {folder} lacks the chat tokens {missing}; save it from tinygpt again.")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def train_bpe_tokenizer(corpus: str | Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """GPT-2-style byte-level BPE trained on `corpus` with `tokenizers`; the chat tokens come first (ids 0-5)."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise DataError(f"--bpe_vocab_size {vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS)} chat tokens.")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is a token: no text is unknown
-        show_progress=False,
-    )
-    bpe.train_from_iterator([corpus] if isinstance(corpus, str) else corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        pad_token=PAD,
-        unk_token=UNK,
-        bos_token=BOS,
-        eos_token=EOS,
-        extra_special_tokens=[USER, ASSISTANT],
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def encode_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> dict:
-    """{"input_ids": [[...], ...], "labels": [[...], ...]}: chat-template renderings, labelled only on replies.
-
-    The template renders each assistant turn as "<assistant>:" reply "<EOS>", so the labelled ids are those after
-    each <assistant>: token up to and including the next <EOS>; the <assistant>: token itself (which generation's
-    prompt supplies), system and user turns get -100. (transformers' `return_assistant_tokens_mask` would need
-    {% generation %} tags and a fast tokenizer; the char tokenizer is not one.) Both lists are cut to `max_length`. The
-    messages must have been checked (tinygpt.data checks them as it reads them).
-    Rendering and tokenizing a batch at once is about twice as fast as one conversation at a time.
-    """
-    texts = tokenizer.apply_chat_template(conversations, tokenize=False)
-    all_input_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    assistant_id, eos_id = tokenizer.convert_tokens_to_ids(ASSISTANT), tokenizer.eos_token_id
-    all_labels = []
-    for input_ids in all_input_ids:
-        labels, in_reply = [], False
-        for token in input_ids:
-            labels.append(token if in_reply else IGNORE_INDEX)
-            if token == assistant_id:
-                in_reply = True
-            elif token == eos_id:
-                in_reply = False
-        all_labels.append(labels)
-    return {"input_ids": [ids[:max_length] for ids in all_input_ids], "labels": [ls[:max_length] for ls in all_labels]}
-
-
-__all__ = [
-    "CHAT_TEMPLATE",
-    "SPECIAL_TOKENS",
-    "DataError",
-    "TinyGPTCharTokenizer",
-    "build_tokenizer",
-    "encode_conversations",
-    "load_gpt2_chat_tokenizer",
-    "train_bpe_tokenizer",
-]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TinyGPTCharTokenizer", "load_gpt2_chat_tokenizer"]

@@ -23,8 +23,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..configuration_tinygpt import ACTIVATIONS
-from ..presets import DEFAULT_PRESET, PRESETS, describe_presets
+from tinygpt.configuration_tinygpt import ACTIVATIONS
+from tinygpt.training.presets import DEFAULT_PRESET, PRESETS, describe_presets
 
 LATEST = "latest"  # --resume_from_checkpoint with no path, or with this word: the newest complete checkpoint
 POSITIVE_COUNTS = (  # flags that count something of which a run needs at least one

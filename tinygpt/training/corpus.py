@@ -17,10 +17,11 @@ import datasets
 import torch
 from transformers import DataCollatorForSeq2Seq, default_data_collator
 
-from ..data import conversation_dataset, read_conversations, streamed_windows, text_documents
-from ..synthetic_chat import make_synthetic_chat
-from ..token_stream import TokenStream, TokenWindows, WindowCollator, split_point, tokenize_corpus
-from .args import DataArguments, RunArguments, TrainingSetupError
+from tinygpt.data.conversations import conversation_dataset, read_conversations
+from tinygpt.data.synthetic_chat import make_synthetic_chat
+from tinygpt.data.text import streamed_windows, text_documents
+from tinygpt.data.token_stream import TokenStream, TokenWindows, WindowCollator, split_point, tokenize_corpus
+from tinygpt.training.args import DataArguments, RunArguments, TrainingSetupError
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
@@ -75,7 +76,7 @@ def read_sources(data: DataArguments, seed: int):
         described = f"conversations: {Path(data.chat_file).name}"
     else:
         conversations, heldout = make_synthetic_chat(seed=seed, num_train=data.synthetic_conversations)
-        described = "the built-in synthetic chat task (tinygpt.synthetic_chat)"
+        described = "the built-in synthetic chat task (tinygpt.data.synthetic_chat)"
     corpus = "".join(message["content"] for conversation in conversations for message in conversation)
     return corpus, conversations, heldout, f"{described}, {len(conversations)} conversations"
 

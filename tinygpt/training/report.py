@@ -2,7 +2,7 @@
 leaves beside its model: loss.png, metrics.json and the model card (README.md).
 
 All three are built from the Trainer's `log_history` and one `RunSummary`, so they always agree. The model
-card is tinygpt.model_card's, the one every model folder gets; the plot goes through a bare matplotlib Figure, which renders straight to the file (no pyplot, no
+card is tinygpt.hub.card's, the one every model folder gets; the plot goes through a bare matplotlib Figure, which renders straight to the file (no pyplot, no
 display, and matplotlib is only imported when the plot is drawn: it costs a second of start-up otherwise).
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..engine import Engine, Request
-from ..model_card import model_card as card_for
-from ..sampling import settings_from
-from ..synthetic_chat import exact_match
-from .args import RunArguments
-from .corpus import TrainingData
+from tinygpt.decoding.engine import Engine, Request
+from tinygpt.decoding.sampling import settings_from
+from tinygpt.hub.card import model_card as card_for
+from tinygpt.training.args import RunArguments
+from tinygpt.training.corpus import TrainingData
+from tinygpt.training.exam import exact_match
 
 
 @dataclass
@@ -92,7 +92,7 @@ def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
 
 
 def model_card(summary: RunSummary, config, path_hint: str):
-    """The README.md of a saved model (tinygpt.model_card): shape, data, metrics, the loss curve, a sample, usage."""
+    """The README.md of a saved model (tinygpt.hub.card): shape, data, metrics, the loss curve, a sample, usage."""
     return card_for(
         config, title=f"tinygpt-{summary.preset}", where=path_hint, tokenizer=summary.tokenizer, run=summary
     )

@@ -20,7 +20,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .args import LATEST, SHAPE_FLAGS, RunArguments, TrainingSetupError
+from tinygpt.training.args import LATEST, SHAPE_FLAGS, RunArguments, TrainingSetupError
 
 RUN_SETTINGS_FILE = "run_settings.json"  # what defines a run; compared before anything is written
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")

@@ -30,16 +30,26 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
-from ..configuration_tinygpt import TinyGPTConfig
-from ..loading import ModelLoadError, load_model_and_tokenizer
-from ..modeling_tinygpt import TinyGPTForCausalLM
-from ..muon import MuonWithAdamW
-from ..token_stream import corpus_characters
-from ..tokenization_tinygpt import DataError, build_tokenizer, load_gpt2_chat_tokenizer
-from .args import LATEST, SHAPE_FLAGS, ModelArguments, RunArguments, TrainingSetupError, check_arguments, parse_args
-from .corpus import TrainingData, check_context_fits, conversation_data, read_sources, token_window_data
-from .report import RunSummary, model_card, plot_losses, print_summary, summarize, write_metrics
-from .run_dir import (
+from tinygpt.configuration_tinygpt import TinyGPTConfig
+from tinygpt.data.errors import DataError
+from tinygpt.data.token_stream import corpus_characters
+from tinygpt.data.tokenizers import build_tokenizer
+from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
+from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
+from tinygpt.tokenization_tinygpt import load_gpt2_chat_tokenizer
+from tinygpt.training.args import (
+    LATEST,
+    SHAPE_FLAGS,
+    ModelArguments,
+    RunArguments,
+    TrainingSetupError,
+    check_arguments,
+    parse_args,
+)
+from tinygpt.training.corpus import TrainingData, check_context_fits, conversation_data, read_sources, token_window_data
+from tinygpt.training.muon import MuonWithAdamW
+from tinygpt.training.report import RunSummary, model_card, plot_losses, print_summary, summarize, write_metrics
+from tinygpt.training.run_dir import (
     RUN_SETTINGS_FILE,
     WRITE_ERRORS,
     RunWriteError,

@@ -21,8 +21,6 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from .engine import Engine, Request
-
 SYSTEM_PROMPTS = ["You are tinygpt.", "Answer briefly."]
 SYSTEM_PROMPT_RATE = 0.1  # share of conversations that open with a system prompt
 SECOND_TURN_RATE = 0.1  # share of training conversations with a second question
@@ -213,31 +211,4 @@ def _with_system_prompt(messages: list[dict], rng: random.Random) -> list[dict]:
     return messages
 
 
-def exact_match(
-    model, tokenizer, questions: list[HeldOutQuestion], max_new_tokens: int = 32, batch_size: int = 64
-) -> float:
-    """Fraction of `questions` whose greedy reply (the text before <EOS>, stripped) equals the answer exactly.
-
-    Prompts are rendered with the chat template's generation prompt and decoded `batch_size` at a time by the
-    engine, on the model's own device.
-    """
-    was_training = model.training
-    engine = Engine(model, max_batch=max(1, min(batch_size, len(questions))), compile=False)
-    requests = [
-        Request(
-            tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True, return_dict=False),
-            max_new_tokens=max_new_tokens,
-            stop_ids=[tokenizer.eos_token_id],
-        )
-        for q in questions
-    ]
-    replies = engine.generate(requests)
-    model.train(was_training)
-    correct = sum(
-        tokenizer.decode(reply, skip_special_tokens=True).strip() == question.answer.strip()
-        for question, reply in zip(questions, replies, strict=True)
-    )
-    return correct / max(len(questions), 1)
-
-
-__all__ = ["FAMILIES", "HeldOutQuestion", "exact_match", "make_synthetic_chat"]
+__all__ = ["FAMILIES", "HeldOutQuestion", "make_synthetic_chat"]

@@ -38,7 +38,9 @@ class Preset:
     dropout: float = 0.0
     bias: bool = True
     activation_function: str = "gelu_new"  # GPT-2's tanh GELU; "gelu" (exact) is ten times cheaper on CPUs
-    muon_lr: float | None = None  # Muon for the blocks' weight matrices at this rate (tinygpt.muon); None: AdamW
+    muon_lr: float | None = (
+        None  # Muon for the blocks' weight matrices at this rate (tinygpt.training.muon); None: AdamW
+    )
     tokenizer: str = "char"
     eval_windows: int = 256  # validation windows scored at each evaluation: a fixed set, so evaluations compare
     # How the preset compiles on a CUDA GPU (None: eager): "cudagraphs" replays the traced forward/backward as

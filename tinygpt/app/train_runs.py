@@ -1,5 +1,5 @@
 """Training runs started from the app: train.py in a child process, one at a time, its output turned into a loss
-curve and a log, stopped and resumed on request (the Train tab, tinygpt.training_tab, is their page).
+curve and a log, stopped and resumed on request (the Train tab, tinygpt.app.train_tab, is their page).
 
 Design notes
 - train.py runs as it does from a shell (`sys.executable train.py ...`), so the app trains exactly what the CLI
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .presets import PRESETS
+from tinygpt.training.presets import PRESETS
 
-TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
+TRAIN_MODULE = "tinygpt.training"  # run as `python -m`: the installed package trains, no checkout needed
 CHAT_SUFFIXES = (".json", ".jsonl")  # trained as conversations (--chat_file); anything else is plain text
 MAX_STEPS_LIMIT = 1_000_000
 LOG_LINES_SHOWN = 200
@@ -188,7 +188,7 @@ class TrainingRuns:
             eval_steps = logging_steps * max(1, round(max_steps / CHECKPOINTS / logging_steps))
             command = [
                 sys.executable,
-                str(TRAIN_PY),
+                *("-m", TRAIN_MODULE),
                 *("--preset", preset, "--max_steps", str(max_steps), "--output_dir", str(folder)),
                 *("--logging_steps", str(logging_steps), "--eval_steps", str(eval_steps)),
                 *("--save_steps", str(eval_steps), "--disable_tqdm", "true"),
@@ -202,7 +202,7 @@ class TrainingRuns:
 
     def resume(self, session_hash: str | None) -> TrainingRun:
         """Continue the last run that was stopped or failed, from its newest complete checkpoint."""
-        from .training.run_dir import checkpoint_step, checkpoint_to_resume
+        from tinygpt.training.run_dir import checkpoint_step, checkpoint_to_resume
 
         with self.lock:
             self.refuse_if_busy(session_hash)

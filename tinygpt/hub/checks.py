@@ -1,7 +1,5 @@
-"""The one loader: `load(source)` takes a model folder or a Hub repo id (pulled into the cache first, through
-tinygpt.hub) and returns a checked (model, tokenizer); every command and the app load through it.
-
-It turns every way a folder can be broken into one clear line.
+"""The checks behind the one loader (tinygpt.hub.loader): every way a saved folder can be broken becomes one clear
+line, a `ModelLoadError`, before anything is built from it.
 
 `from_pretrained` already does the loading; this module only checks first what it would otherwise report as
 a traceback from deep inside safetensors, a size-mismatch table or a "MISSING" report over random weights: a
@@ -15,7 +13,6 @@ No code from a folder ever runs: the installed TinyGPT classes do the loading, a
 
 import json
 import os
-from pathlib import Path
 
 import jinja2
 import torch
@@ -24,8 +21,8 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
 
-from .configuration_tinygpt import TinyGPTConfig
-from .modeling_tinygpt import TinyGPTForCausalLM
+from tinygpt.configuration_tinygpt import TinyGPTConfig
+from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
 
 
 class ModelLoadError(ValueError):
@@ -136,7 +133,7 @@ def _check_json(path: str) -> None:
 def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, **model_kwargs):
     """(model, tokenizer) from a local folder or a Hub repo id, in eval mode; raises ModelLoadError."""
     config = load_config(name_or_path, revision)
-    if config.n_positions < 2:  # tinygpt.engine needs room for the newest token in the window
+    if config.n_positions < 2:  # tinygpt.decoding.engine needs room for the newest token in the window
         raise ModelLoadError(
             f"{name_or_path}: n_positions is {config.n_positions}; tinygpt decodes in 2 positions or more."
         )
@@ -171,24 +168,6 @@ def check_chat_template(tokenizer, where: str | os.PathLike) -> None:
         raise ModelLoadError(
             f"{where}: its chat template does not render ({error}); fix chat_template.jinja."
         ) from None
-
-
-def model_folder(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None) -> Path:
-    """The folder of `source`: itself if it is a folder, else the Hub repo it names, pulled into the HF cache."""
-    from .hub import HubError, pull_model, validate_repo_id  # here: tinygpt.hub itself uses this module's checks
-
-    if Path(source).is_dir():
-        return Path(source)
-    try:
-        validate_repo_id(str(source))
-    except HubError:
-        raise HubError(f"{source} is neither a model folder nor a Hub repo id (owner/name): check the path.") from None
-    return pull_model(str(source), revision=revision, token=token)
-
-
-def load(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None):
-    """(model, tokenizer) from a model folder or a Hub repo id, checked; raises ModelLoadError or HubError."""
-    return load_model_and_tokenizer(model_folder(source, revision=revision, token=token))
 
 
 def check_tokenizer_fits(tokenizer, config: TinyGPTConfig, where: str | os.PathLike = "model") -> None:

@@ -11,8 +11,8 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from .engine import Engine
-from .request import Live, Request
+from tinygpt.decoding.engine import Engine
+from tinygpt.decoding.request import Live, Request
 
 
 class Scheduler:

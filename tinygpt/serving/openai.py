@@ -8,7 +8,7 @@ Design notes
   server-sent events (`data: {chunk}` ... `data: [DONE]`) or not, with usage counts. `openai_router` builds them
   for a dict of models; `tinygpt serve` puts the router in an app of its own, app.py in Gradio's app (one process,
   one port for the browser and the API).
-- Decoding: a request becomes a `tinygpt.engine.Request` for the model's `ChatModel`, whose Scheduler batches it
+- Decoding: a request becomes a `tinygpt.decoding.engine.Request` for the model's `ChatModel`, whose Scheduler batches it
   with every other reply in flight (API and browser alike). Chat messages are rendered by the model's chat
   template (`chat.build_prompt`); settings the request leaves out come from the model's generation_config.
   `top_k` and `min_tokens` are accepted as extra fields, as vLLM does. A prompt that does not fit the window is an error (the
@@ -35,171 +35,20 @@ Design notes
 import json
 import logging
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .chat import ChatModel, IncrementalDecoder, message_text, render_prompt
-from .request import INT64_MAX
+from tinygpt.decoding.chat import ChatModel, IncrementalDecoder, message_text, render_prompt
+from tinygpt.serving.bodies import APIError, ChatCompletionBody, CompletionBody, Sampling, parse
 
 logger = logging.getLogger(__name__)
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always accepted in the Host header
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # binding every interface: the machine's own names are accepted too
-# OpenAI's request fields that change nothing tinygpt returns: accepted and ignored.
-IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key")
-# OpenAI's fields that would change the reply and tinygpt does not implement: accepted at their neutral value only
-# (null or the values listed), as clients send them; any other value is a 400 rather than silently ignored.
-NEUTRAL_VALUES = {
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "logit_bias": ({},),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "echo": (False,),
-    "suffix": ("",),
-    "best_of": (1,),
-    "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "functions": ([],),
-    "function_call": ("none", "auto"),
-    "modalities": (["text"],),
-}
-
-
-# -- request bodies -------------------------------------------------------------------------------------------
-
-
-class Body(BaseModel):
-    """Strict JSON: a field of the wrong type is a 400, not converted ("5" is no number, "false" no boolean), and an
-    unknown field (a typo such as max_token) is a 400, as OpenAI answers it."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class StreamOptions(Body):
-    include_usage: bool = False
-    include_obfuscation: bool | None = None  # OpenAI's; there is nothing to obfuscate here
-
-
-class Sampling(Body):
-    """The fields chat and text completions share."""
-
-    model: str
-    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=INT64_MAX)  # not OpenAI's: vLLM's extra fields
-    min_tokens: int | None = Field(None, ge=0, le=INT64_MAX)
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def drop_fields_without_effect(cls, data):
-        if not isinstance(data, dict):
-            return data
-        for name, value in data.items():
-            if name in NEUTRAL_VALUES and value is not None and value not in NEUTRAL_VALUES[name]:
-                raise PydanticCustomError(
-                    "unsupported_value",
-                    "{field}: tinygpt does not support it; leave it out (or send null).",
-                    {"field": name},
-                )
-        return {
-            name: value for name, value in data.items() if name not in NEUTRAL_VALUES and name not in IGNORED_FIELDS
-        }
-
-
-class Message(Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] | None = None
-    name: str | None = None  # OpenAI's participant name; ignored
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def text_only(cls, content):
-        """A string, or a list of text parts ({"type": "text", "text": "..."}): tinygpt reads text only."""
-        parts = content if isinstance(content, list) else []
-        if any(
-            not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str)
-            for part in parts
-        ):
-            raise PydanticCustomError(
-                "text_parts", 'each part must be {"type": "text", "text": "..."}: tinygpt reads text only'
-            )
-        return content
-
-
-class ChatCompletionBody(Sampling):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)  # the newer name of max_tokens
-
-
-class CompletionBody(Sampling):
-    prompt: str | list[str]
-
-
-# -- errors ---------------------------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's JSON shape."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}.get(
-            self.status, "invalid_request_error"
-        )
-        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
-
-
-async def parse(request: Request, body_type: type[BaseModel]):
-    """The request's JSON body as `body_type`; a malformed body or a wrong field is one readable 400.
-
-    The body must come as `Content-Type: application/json`: a web page can post a form or text to any server
-    without asking it first (CORS's "simple" requests), but not JSON, so any other type is refused (415).
-    """
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise APIError(
-            415,
-            f"Send the body as JSON with the header 'Content-Type: application/json' (got {media_type or 'none'!r}).",
-            code="unsupported_media_type",
-        )
-    try:
-        return body_type.model_validate_json(await request.body())
-    except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"] == "json_invalid":
-            raise APIError(400, f"The body is not valid JSON: {first['msg']}.", code="invalid_json") from None
-        field = ".".join(str(part) for part in first["loc"]) or first.get("ctx", {}).get("field") or "body"
-        if first["type"] == "extra_forbidden":
-            raise APIError(400, f"Unrecognized request argument supplied: {field}.", param=field) from None
-        if first["type"] == "unsupported_value":
-            raise APIError(400, f"{first['msg']}", param=field, code="unsupported_value") from None
-        raise APIError(400, f"{field}: {first['msg']}.", param=field, code="invalid_value") from None
 
 
 def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> APIRouter:
@@ -457,61 +306,4 @@ async def sse_chunks(
     yield "data: [DONE]\n\n"
 
 
-# -- the server -----------------------------------------------------------------------------------------------
-
-
-def host_check(host: str, allowed_hosts=(), share: bool = False) -> Middleware:
-    """Starlette's TrustedHostMiddleware: a request whose Host header names another server gets a 400 (against
-    DNS rebinding, where a foreign page's own name resolves to this server)."""
-    names = {*LOCAL_HOSTS, *allowed_hosts}
-    if host in WILDCARD_HOSTS:
-        names |= {socket.gethostname(), socket.getfqdn()}
-    else:
-        names.add(host)
-    if share:
-        names.add("*.gradio.live")
-    return Middleware(
-        TrustedHostMiddleware,
-        allowed_hosts=sorted(url_host(name).lower() for name in names if name),
-        www_redirect=False,
-    )
-
-
-def url_host(host: str) -> str:
-    """A host as a URL and the Host header write it: an IPv6 address in brackets ([::1])."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def create_app(
-    models: dict[str, ChatModel], *, api_key: str | None = None, host: str = "127.0.0.1", allowed_hosts=()
-) -> FastAPI:
-    """`tinygpt serve`'s app: the /v1 routes alone (no docs pages), behind the Host check."""
-    app = FastAPI(
-        title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None, middleware=[host_check(host, allowed_hosts)]
-    )
-    app.include_router(openai_router(models, api_key))
-
-    @app.exception_handler(HTTPException)  # an unknown path or method: OpenAI's shape too
-    async def http_error(request: Request, error: HTTPException):
-        return APIError(error.status_code, f"{request.method} {request.url.path}: {error.detail}.").response()
-
-    return app
-
-
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Serve `app` with uvicorn until interrupted. The port is bound first, so a taken port is an OSError here."""
-    import uvicorn
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError as error:
-        listener.close()
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    server.run(sockets=[listener])
-
-
-__all__ = ["APIError", "StopStrings", "create_app", "host_check", "openai_router", "serve", "url_host"]
+__all__ = ["StopStrings", "openai_router"]

@@ -1,7 +1,7 @@
 """The Gradio app: chat with a TinyGPT model, pick a local one or pull one from the Hub, push it to the Hub.
 
 Design notes
-- One Blocks page, three tabs. Chat is a `gr.ChatInterface` around `tinygpt.chat.ChatModel.stream_reply`,
+- One Blocks page, three tabs. Chat is a `gr.ChatInterface` around `tinygpt.decoding.chat.ChatModel.stream_reply`,
   exposed to gradio_client as api_name="chat" with inputs (message, system_prompt, temperature, top_k, top_p,
   max_new_tokens).
 - Each browser session chats with its own model: a `gr.State` holds the model's folder. Loaded models are
@@ -21,7 +21,7 @@ the dropdown takes typed values).
   it exists. Pull takes Hub repo ids only, never a path.
 - Tokens: a blank token box means no token, never the server's HF_TOKEN / stored login, unless the app was
   started with --allow_server_token.
-- No code from a model folder runs (tinygpt.loading loads with the installed classes, trust_remote_code=False).
+- No code from a model folder runs (tinygpt.hub.loader loads with the installed classes, trust_remote_code=False).
 - Host header: requests naming another host than the bound one, localhost or 127.0.0.1 (and --allowed_host
   names) get a 400, against DNS rebinding; Gradio checks only Origin (CORS), which a rebound page passes.
 - Files: Gradio may serve only --models_dir (and the --model folder), where loss.png files live.
@@ -37,7 +37,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import and when building Blocks
 import gradio as gr  # noqa: E402
 
-from .app_models import (  # noqa: E402
+from tinygpt.app.models import (  # noqa: E402
     chat_controls,
     chat_model,
     describe_model,
@@ -47,12 +47,14 @@ from .app_models import (  # noqa: E402
     pull_and_load,
     push,
 )
-from .chat import DecodingOptions  # noqa: E402
-from .cli import add_decoding_arguments, add_server_arguments, check_decoding_arguments  # noqa: E402
-from .hub import HubError  # noqa: E402
-from .loading import ModelLoadError  # noqa: E402
-from .serving import host_check, openai_router  # noqa: E402
-from .training_tab import build_train_tab  # noqa: E402
+from tinygpt.app.train_tab import build_train_tab  # noqa: E402
+from tinygpt.decoding.chat import DecodingOptions  # noqa: E402
+from tinygpt.decoding.flags import add_decoding_arguments, check_decoding_arguments  # noqa: E402
+from tinygpt.hub.checks import ModelLoadError  # noqa: E402
+from tinygpt.hub.remote import HubError  # noqa: E402
+from tinygpt.serving.flags import add_server_arguments  # noqa: E402
+from tinygpt.serving.openai import openai_router  # noqa: E402
+from tinygpt.serving.server import host_check  # noqa: E402
 
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
 REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
@@ -277,7 +279,7 @@ def launch(
     it and, on the same server, the OpenAI-compatible /v1 routes (tinygpt.serving) for that model, under the id
     `model` (or its folder, as local_models lists it).
 
-    `compile`, `int8_weights`, `max_batch`: how chat replies are decoded (tinygpt.chat.DecodingOptions); compiling
+    `compile`, `int8_weights`, `max_batch`: how chat replies are decoded (tinygpt.decoding.chat.DecodingOptions); compiling
     happens on the opened model before serving. Browser chats and API requests join one batch of `max_batch`.
     `api_key`: what the /v1 routes require as `Authorization: Bearer` (default: nothing; the page never needs it).
     `allow_server_token`: let a blank token box use the server's HF_TOKEN / stored login (default: never).

@@ -6,15 +6,15 @@ processors, stopping criteria and cache bookkeeping in Python, which costs far m
 layers. `generate()`, pipelines and streamers still work on the model (they are HF's own); this loop keeps only
 what a text needs and puts everything that decides how text is decoded in one object:
 
-- Slots: one KV cache with `max_batch` rows (tinygpt.slot_cache). Each request decodes in its own slot at its own
+- Slots: one KV cache with `max_batch` rows (tinygpt.decoding.slot_cache). Each request decodes in its own slot at its own
   position; a step feeds every live slot's newest token at once, over the smallest batch bucket (1, 2, 4, ...)
   covering them, so one request alone costs what it did in an engine of one slot.
 - One loop (`decode`), two drivers: `run()` decodes a list of requests in the caller's thread; a Scheduler
-  (tinygpt.scheduler) drives it from its own thread for requests arriving from many threads. Between replays
+  (tinygpt.decoding.scheduler) drives it from its own thread for requests arriving from many threads. Between replays
   the loop admits new requests while the others' replays are still in flight (up to one window of prompt tokens
   a turn, so a burst of long prompts stalls the others by one window's prefill at most), drops cancelled
   requests and, once every token is read, slides full windows.
-- Each request keeps its own sampling settings (tinygpt.sampling), stop tokens (not returned), max_new_tokens and
+- Each request keeps its own sampling settings (tinygpt.decoding.sampling), stop tokens (not returned), max_new_tokens and
   min_new_tokens (stop tokens banned until then, as generate()'s MinNewTokensLength processor).
 - The window: learned positions end at n_positions. A slot that fills it re-encodes its last 3/4 window
   (positions from 0 again) and goes on, as nanoGPT crops its context. This is the only sliding rule in tinygpt.
@@ -25,7 +25,7 @@ what a text needs and puts everything that decides how text is decoded in one ob
   is dropped (a slot that reaches the window's end slides before its next replay). A prefill is one graph too,
   over the context right-padded to the shortest span (64, 128, ... the window) that holds it. On a CPU compiling
   is optional (`compile=True`: inductor turns each one-row matrix product into a fused multiply-and-sum);
-  `int8_weights=True` decodes with an int8-weight copy of the model (tinygpt.quantization), small enough to stay
+  `int8_weights=True` decodes with an int8-weight copy of the model (tinygpt.decoding.quantization), small enough to stay
   in the CPU's cache.
 - The model runs its own `forward`, handed the slot cache through the `cache.update(k, v, layer_idx)` contract
   of transformers' caches, with positions and a mask built here, so its greedy tokens are those of `generate()`
@@ -42,26 +42,11 @@ from contextlib import closing, nullcontext
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .cuda_graphs import HostCopies, graph_on_first_use
-from .quantization import int8_weight_copy
-from .request import Live, Request, sliding_context_length
-from .sampling import sample_next_token
-from .slot_cache import SlotCache
-
-
-def resolve_placement(model, device, dtype, int8_weights: bool):
-    """(device, dtype) for `device`: "auto" is a CUDA GPU in bf16 when there is one (and no int8 weights), else the
-    CPU; None keeps the model where it is."""
-    if device == "auto":
-        use_gpu = torch.cuda.is_available() and not int8_weights
-        device = torch.device("cuda" if use_gpu else "cpu")
-        dtype = dtype or (torch.bfloat16 if use_gpu else None)
-    return (torch.device(device) if device is not None else model.device), dtype
-
-
-def batch_buckets(largest: int, smallest: int = 1) -> list[int]:
-    """The sizes a step is made for: powers of two from `smallest` below `largest`, and `largest`."""
-    return [1 << i for i in range(largest.bit_length()) if smallest <= 1 << i < largest] + [largest]
+from tinygpt.decoding.cuda_graphs import HostCopies, graph_on_first_use
+from tinygpt.decoding.placement import batch_buckets, place
+from tinygpt.decoding.request import Live, Request, sliding_context_length
+from tinygpt.decoding.sampling import sample_next_token
+from tinygpt.decoding.slot_cache import SlotCache
 
 
 class Engine:
@@ -88,21 +73,7 @@ class Engine:
             raise ValueError(f"Engine: max_batch must be 1 or more, got {max_batch}.")
         if steps_per_replay is not None and steps_per_replay < 1:
             raise ValueError(f"Engine: steps_per_replay must be 1 or more, got {steps_per_replay}.")
-        device, dtype = resolve_placement(model, device, dtype, int8_weights)
-        if device != model.device or (dtype is not None and dtype != model.dtype):
-            model = model.to(device=device, dtype=dtype)
-        use_compile = device.type == "cuda" or int8_weights if compile is None else compile
-        if int8_weights:
-            if device.type != "cpu":
-                raise ValueError(
-                    f"Engine: int8_weights is for decoding on a CPU, and the model is on {device}; leave it off there."
-                )
-            if not use_compile:
-                raise ValueError(
-                    "Engine: int8_weights needs compiled decoding (uncompiled, torch's int8 kernel is slower than "
-                    "fp32); drop compile=False."
-                )
-            model = int8_weight_copy(model)
+        model, device, use_compile = place(model, device, dtype, compile, int8_weights)
         self.model = model.eval()
         self.config, self.device, self.max_batch = model.config, device, max_batch
         self.int8_weights, self.compiled = int8_weights, use_compile
@@ -423,4 +394,4 @@ class Engine:
             self.generate([Request([0] * min(span, self.window - 1), max_new_tokens=1)])
 
 
-__all__ = ["Engine", "Request", "batch_buckets"]  # Request (tinygpt.request) is what Engine takes
+__all__ = ["Engine", "Request", "batch_buckets"]  # Request (tinygpt.decoding.request) is what Engine takes

@@ -1,32 +1,24 @@
-"""Training data for tinygpt: text corpora as one token stream, chat files as masked conversations.
+"""Text corpora for training: files, URLs, Hub or local datasets, read into datasets' cache.
 
 Design notes
-- Plain text (files, URLs, Hub or local datasets) never sits in RAM whole. It becomes a `datasets.Dataset` of
-  ~1M-character chunks in datasets' cache (`text_documents`); tinygpt.token_stream tokenizes it once and reads
-  training windows from the memory-mapped result.
-- Conversations (ShareGPT or messages form, JSON or JSONL) are rendered with the tokenizer's chat template, the
-  same one generation uses, and only the assistant's replies and the <EOS> that closes each reply carry labels
-  (nanochat's rule): the model learns to answer, not to imitate the user.
+- Plain text never sits in RAM whole. It becomes a `datasets.Dataset` of ~1M-character chunks in datasets' cache
+  (`text_documents`); tinygpt.data.token_stream tokenizes it once and reads training windows from the
+  memory-mapped result. Chat files are tinygpt.data.conversations.
 - Every bad input raises `DataError`: a ValueError whose one-line message names the file, record or value and
   the fix, so train.py can print it without a traceback.
 """
 
-import json
 import re
 from pathlib import Path
 
 import datasets
 
-from .tokenization_tinygpt import IGNORE_INDEX, DataError, _first_line, encode_conversations
+from tinygpt.data.errors import DataError, first_line
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where cut_text may cut the text
 CHUNK_FEATURES = datasets.Features({"text": datasets.Value("large_string")})  # one type, so sources concatenate
 CHUNK_CHARS = 1 << 20  # characters a chunk row holds, about: small enough to tokenize in a few MB of RAM
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Text corpora
 
 
 def text_documents(
@@ -112,8 +104,8 @@ def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
         if isinstance(cause, DataError):
             raise cause from None
         if isinstance(cause, UnicodeDecodeError):
-            raise DataError(_not_utf8(Path(cause.path), "pass a plain text file")) from error
-        raise DataError(f"cannot read the text files: {_first_line(cause or error)}") from error
+            raise DataError(not_utf8(Path(cause.path), "pass a plain text file")) from error
+        raise DataError(f"cannot read the text files: {first_line(cause or error)}") from error
 
 
 def _chunk_rows(sources: list[dict]):
@@ -150,12 +142,12 @@ def _read_url(source: str) -> str:
     except datasets.exceptions.DatasetGenerationError as error:
         if isinstance(error.__cause__, UnicodeDecodeError):
             raise DataError(f"{source} is not UTF-8 text; pass a UTF-8 text file.") from error
-        raise DataError(f"cannot read {source}: {_first_line(error.__cause__ or error)}") from error
+        raise DataError(f"cannot read {source}: {first_line(error.__cause__ or error)}") from error
     except ImportError as error:  # datasets reads http(s) URLs through fsspec, whose HTTP support is optional
         raise DataError(f"reading {source} needs fsspec's HTTP support: pip install 'fsspec[http]'.") from error
     except (OSError, ValueError) as error:  # a URL that 404s, no network (ConnectionError is an OSError)
         raise DataError(
-            f"cannot read {source}: {_first_line(error)}; check the path or URL and your network, "
+            f"cannot read {source}: {first_line(error)}; check the path or URL and your network, "
             "or download the file and pass its local path."
         ) from error
     text = rows[0]["text"]
@@ -178,7 +170,7 @@ def _check_text_file(path: Path) -> None:
         raise DataError(f"{path} is not UTF-8 text (looks binary); pass a plain text file.")
 
 
-def _not_utf8(path: Path, fix: str) -> str:
+def not_utf8(path: Path, fix: str) -> str:
     """Why a file that is not UTF-8 cannot be read: binary, or text in a legacy 8-bit encoding.
 
     Text has no NUL bytes and few control characters. Every byte string decodes as latin-1, so such text is not
@@ -220,7 +212,7 @@ def _dataset_column(
             rows = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
         raise DataError(
-            f"cannot load dataset {name!r} (config {config!r}, split {split!r}): {_first_line(error)}"
+            f"cannot load dataset {name!r} (config {config!r}, split {split!r}): {first_line(error)}"
         ) from error
     features = rows.features  # None for a stream whose files do not declare them: checked as rows arrive
     if features is not None and column not in features:
@@ -270,137 +262,4 @@ def streamed_windows(
     return documents.map(windows, batched=True, batch_size=256, remove_columns=[column]).with_format("torch")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Conversations
-
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def read_conversations(chat_file: str) -> list[list[dict]]:
-    """Conversations from a JSON list, JSONL or a single (pretty-printed) record, each as [{"role", "content"}, ...].
-
-    A record is ShareGPT form ({"conversations": [{"from", "value"}]}, from in human/user, gpt/assistant, system)
-    or messages form ({"messages": [{"role", "content"}]}). The file is parsed with `json` rather than datasets'
-    json builder so that a bad record is reported by its number instead of as an Arrow schema error.
-    """
-    path = Path(chat_file)
-    if not path.is_file():
-        raise DataError(f"{chat_file}: no such chat file; check the path.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(_not_utf8(path, "pass a JSON or JSONL chat file")) from error
-    if not text.strip():
-        raise DataError(f"{chat_file} is empty; give it conversations in ShareGPT or messages form.")
-    if (record := one_json_object(text)) is not None:
-        records = [record]
-    elif text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested past Python's limit
-            raise DataError(
-                f"{chat_file} is not valid JSON ({error}); fix it or write one record per line (JSONL)."
-            ) from None
-    else:
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except (json.JSONDecodeError, RecursionError) as error:
-                reason = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
-                raise DataError(
-                    f"{chat_file}: line {line_number} is not valid JSON ({reason}); fix that line."
-                ) from None
-    conversations = [_record_messages(record, f"{chat_file}: record {i}") for i, record in enumerate(records)]
-    if not conversations:
-        raise DataError(f"{chat_file} holds no conversations.")
-    return conversations
-
-
-def one_json_object(text: str) -> dict | None:
-    """The record of a file holding one JSON object over several lines (pretty-printed), else None (JSONL, whose
-    first line alone is an object, fails here at once on the second)."""
-    if not text.lstrip().startswith("{") or len(text.strip().splitlines()) < 2:
-        return None
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-
-
-def _record_messages(record, where: str) -> list[dict]:
-    """One record as [{"role", "content"}]; `where` ("file: record i") starts every error message."""
-    if isinstance(record, dict) and isinstance(record.get("conversations"), list):
-        turns, role_key, content_key = record["conversations"], "from", "value"
-    elif isinstance(record, dict) and isinstance(record.get("messages"), list):
-        turns, role_key, content_key = record["messages"], "role", "content"
-    else:
-        raise DataError(f"{where} has no 'conversations' (ShareGPT) or 'messages' list; give one of them.")
-    messages = []
-    for t, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get(content_key), str):
-            raise DataError(f"{where}, turn {t}: needs {role_key!r} and a text {content_key!r}.")
-        role = SHAREGPT_ROLES.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
-        if role is None:
-            raise DataError(f"{where}, turn {t}: unknown role {turn.get(role_key)!r}; use {', '.join(SHAREGPT_ROLES)}.")
-        try:
-            turn[content_key].encode("utf-8")
-        except UnicodeEncodeError:  # JSON's "\ud800" escape: a lone surrogate, which no text file can hold
-            raise DataError(
-                f"{where}, turn {t}: its text holds an unpaired surrogate (a \\ud800-style escape)."
-            ) from None
-        messages.append({"role": role, "content": turn[content_key]})
-    _check_messages(messages, where)
-    return messages
-
-
-def _check_messages(messages: list[dict], where: str) -> None:
-    for t, message in enumerate(messages):
-        if message.get("role") not in ("system", "user", "assistant"):
-            raise DataError(f"{where}, turn {t}: unknown role {message.get('role')!r}; use system, user or assistant.")
-    if not any(message["role"] == "assistant" for message in messages):
-        raise DataError(f"{where} has no assistant turn; there is nothing to learn from it.")
-
-
-def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> dict:
-    """{"input_ids": [...], "labels": [...]} of one conversation; see `encode_conversations`."""
-    _check_messages(messages, "conversation 0")
-    encoded = encode_conversations(tokenizer, [messages], max_length)
-    return {"input_ids": encoded["input_ids"][0], "labels": encoded["labels"][0]}
-
-
-def conversation_dataset(tokenizer, conversations: list[list[dict]], max_length: int) -> datasets.Dataset:
-    """A datasets.Dataset of encoded conversations ("input_ids", "labels"), encoded with a batched `datasets.map`.
-
-    Conversations whose replies all lie past `max_length` are dropped (they would carry no loss). Batches are
-    padded by `DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)`.
-    """
-    for i, messages in enumerate(conversations):
-        _check_messages(messages, f"conversation {i}")
-    rows = datasets.Dataset.from_dict({"messages": conversations})
-    encoded = rows.map(
-        lambda batch: encode_conversations(tokenizer, batch["messages"], max_length),
-        batched=True,
-        remove_columns=["messages"],
-        desc="Encoding conversations",
-    )
-    kept = encoded.filter(
-        lambda batch: [any(label != IGNORE_INDEX for label in ls) for ls in batch["labels"]], batched=True
-    )
-    if len(kept) == 0:
-        raise DataError(f"no conversation has an assistant reply within {max_length} tokens; raise --block_size.")
-    return kept
-
-
-__all__ = [
-    "DataError",
-    "TINY_SHAKESPEARE_URL",
-    "conversation_dataset",
-    "cut_text",
-    "encode_conversation",
-    "read_conversations",
-    "streamed_windows",
-    "text_documents",
-]
+__all__ = ["TINY_SHAKESPEARE_URL", "cut_text", "not_utf8", "streamed_windows", "text_documents"]

@@ -3,7 +3,7 @@ that open (Load, Pull) and push them.
 
 - Security: a local model is a folder inside --models_dir that holds config.json, judged after symlinks resolve
   (`local_choice_folder`); anything else gets the same one-line error whether it exists or not, so errors tell
-  nothing about the server's disk. `--model` and Hub pulls go through tinygpt.loading's one loader.
+  nothing about the server's disk. `--model` and Hub pulls go through tinygpt.hub.loader's one loader.
 - Tokens: a blank token box never acts with the server's token (HF_TOKEN or a login) unless the app runs with
   --allow_server_token; a typed one is used for that one request.
 - One cache, two levels: the checked (model, tokenizer) of a folder (`load_model`, what the Model tab describes),
@@ -20,11 +20,13 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import: th
 import gradio as gr  # noqa: E402
 from huggingface_hub import constants  # noqa: E402
 
-from .chat import ChatModel, DecodingOptions  # noqa: E402
-from .hub import HubError, pull_model, push_model, validate_repo_id  # noqa: E402
-from .loading import ModelLoadError, load_model_and_tokenizer, model_folder  # noqa: E402
-from .sampling import settings_from  # noqa: E402
-from .space import space_url  # noqa: E402
+from tinygpt.decoding.chat import ChatModel, DecodingOptions  # noqa: E402
+from tinygpt.decoding.sampling import settings_from  # noqa: E402
+from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
+from tinygpt.hub.loader import model_folder  # noqa: E402
+from tinygpt.hub.push import push_model  # noqa: E402
+from tinygpt.hub.remote import HubError, pull_model, validate_repo_id
+from tinygpt.hub.space import space_url  # noqa: E402
 
 METRICS_FILES = ("metrics.json", "all_results.json", "eval_results.json")  # train.py's, then the Trainer's
 LOSS_KEYS = ("val_loss", "eval_loss")

@@ -36,11 +36,11 @@ from tokenizers import AddedToken, Tokenizer, decoders, models
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
 
-from .loading import ModelLoadError, load_model_and_tokenizer
-from .model_card import model_card
-from .modeling_tinygpt import TinyGPTForCausalLM
-from .space import space_url
-from .tokenization_tinygpt import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PAD, UNK, USER, TinyGPTCharTokenizer
+from tinygpt.hub.card import model_card
+from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
+from tinygpt.hub.space import space_url
+from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
+from tinygpt.tokenization_tinygpt import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PAD, UNK, USER, TinyGPTCharTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def generation_config(config) -> GenerationConfig:
 
 
 def plain_card(config: GPT2Config, tokenizer, *, repo_id: str, space_id=None, subfolder=None, endpoint=None) -> str:
-    """The export's card (tinygpt.model_card): how to load it with transformers alone, and with vLLM."""
+    """The export's card (tinygpt.hub.card): how to load it with transformers alone, and with vLLM."""
     card = model_card(
         config,
         title=repo_id,

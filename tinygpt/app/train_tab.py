@@ -1,7 +1,7 @@
 """The app's Train tab: upload text or conversations (or use the built-in synthetic chat corpus), pick a preset,
 steps and knobs, and train; the loss curve and log stream to the page, Stop and Resume act on the run, and the
 model lands in a new folder under --models_dir, where the Model tab's picker finds it. Also an API: `/train`
-streams a run's progress, `/stop_training` stops the caller's run. The runs themselves: tinygpt.training_runs.
+streams a run's progress, `/stop_training` stops the caller's run. The runs themselves: tinygpt.app.train_runs.
 """
 
 import os
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from .presets import DEFAULT_PRESET, PRESETS
-from .training_runs import CHAT_SUFFIXES, KNOBS, TrainingRequestError, TrainingRun, TrainingRuns
+from tinygpt.app.train_runs import CHAT_SUFFIXES, KNOBS, TrainingRequestError, TrainingRun, TrainingRuns
+from tinygpt.training.presets import DEFAULT_PRESET, PRESETS
 
 # -- the tab --------------------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ Design notes
 - The context window is finite: `build_prompt` drops the oldest turns until the prompt leaves room for the
   reply, and cuts a single over-long message from the left (its end is what the reply answers). It never
   raises on a long history.
-- `ChatModel` is a model and its tokenizer with the decoding options (`tinygpt.engine.Engine`'s device, compile,
+- `ChatModel` is a model and its tokenizer with the decoding options (`tinygpt.decoding.engine.Engine`'s device, compile,
   int8 and batch choices), held by the object, and one engine with a `Scheduler` in front: every concurrent
   reply (browser chats, API requests) joins the same batch, so eight chats cost about one decode step a token,
   not eight.
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
-from .engine import Engine, Request
-from .sampling import settings_from
-from .scheduler import Scheduler
+from tinygpt.decoding.engine import Engine, Request
+from tinygpt.decoding.sampling import settings_from
+from tinygpt.decoding.scheduler import Scheduler
 
 
 def message_text(content) -> str:
@@ -111,7 +111,7 @@ def text_pieces(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How replies are decoded (see tinygpt.engine.Engine): `device="auto"` is a CUDA GPU in bf16 when there is
+    """How replies are decoded (see tinygpt.decoding.engine.Engine): `device="auto"` is a CUDA GPU in bf16 when there is
     one; `compile` None compiles on CUDA only; `int8_weights` decodes on the CPU with int8 weights (compiled);
     `max_batch` replies decode together (more wait for a free slot)."""
 

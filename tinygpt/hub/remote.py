@@ -1,8 +1,9 @@
-"""Push a saved TinyGPT model to the Hugging Face Hub and pull one back, with one-line errors.
+"""Talking to the Hugging Face Hub with one-line errors: pull a model (checked before use), and the `HubError`
+that pull and push (tinygpt.hub.push) both raise.
 
-huggingface_hub does the work: `HfApi.create_repo(exist_ok=True)` + one `upload_folder` up (of a staging folder
-holding exactly what goes up), `snapshot_download` down. This module decides what goes up, checks what comes down, and turns the library's exceptions into a
-`HubError` whose message names the problem and the fix.
+huggingface_hub does the work: `snapshot_download` down, `upload_folder` up (tinygpt.hub.push). This module
+checks what comes down and turns the library's exceptions into a `HubError` whose message names the problem and
+the fix.
 
 Design notes
 - What goes up: the weights, config.json, generation_config.json, the tokenizer files, tinygpt's own code files
@@ -12,8 +13,8 @@ Design notes
   push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
   the folder itself is never written to: the card is written into the staging folder, and goes up in the same
   commit as the files.
-- `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.export),
-  and a Gradio Space running that folder at this commit is created after it (tinygpt.space).
+- `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.hub.export),
+  and a Gradio Space running that folder at this commit is created after it (tinygpt.hub.space).
 - What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
   error, not a stale cached copy returned in silence (snapshot_download's fallback); the error says when a
   cached copy exists and how to use it (HF_HUB_OFFLINE=1). A repo whose file list names an absolute path or
@@ -29,10 +30,7 @@ Design notes
 
 import contextlib
 import json
-import os
 import posixpath
-import shutil
-import tempfile
 from pathlib import Path
 
 from huggingface_hub import (
@@ -53,11 +51,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
-from .configuration_tinygpt import TinyGPTConfig
-from .export import ExportError, export_to_temp, load_for_export
-from .loading import ModelLoadError, check_weights, load_config
-from .model_card import model_card
-from .space import push_space, space_url
+from tinygpt.hub.checks import ModelLoadError, check_weights, load_config
 
 # The files of a saved model folder (flat, no subfolders). The code files come on top, from the package.
 MODEL_FILES = [
@@ -73,9 +67,7 @@ MODEL_FILES = [
     "chat_template.jinja",
     "README.md",
 ]
-# tinygpt's own code files, uploaded from the installed package for the modules a saved auto_map names.
-PACKAGE_DIR = Path(__file__).resolve().parent
-PLAIN_FOLDER = "gpt2"  # push --space: the model as plain GPT-2, which the Space runs
+# tinygpt's own code files (the model contract), which a push uploads and a pull downloads.
 CODE_MODULES = ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt")
 
 
@@ -98,84 +90,6 @@ def validate_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def push_model(
-    model_dir,
-    repo_id: str,
-    *,
-    token: str | None = None,
-    private: bool = False,
-    commit_message: str | None = None,
-    endpoint: str | None = None,
-    space_id: str | None = None,
-) -> str:
-    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the repo URL.
-
-    With `space_id`, the commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.export), and a Gradio
-    Space chatting with it at that commit is created after (tinygpt.space)."""
-    repo_id = validate_repo_id(repo_id)
-    model_dir = Path(model_dir)
-    config = _check_model_dir(model_dir)
-    api = HfApi(endpoint=endpoint, token=token)
-    if space_id is not None:
-        validate_repo_id(space_id)
-    staging = Path(tempfile.mkdtemp(prefix="tinygpt-push-"))  # exactly what goes up; the folder stays as it is
-    try:
-        for name in MODEL_FILES:
-            if (model_dir / name).is_file():
-                _check_own_file(model_dir, model_dir / name)
-                _link_or_copy(model_dir / name, staging / name)
-        for module in _code_modules(model_dir, config):
-            shutil.copyfile(PACKAGE_DIR / f"{module}.py", staging / f"{module}.py")
-        if not (model_dir / "README.md").is_file():
-            (staging / "README.md").write_bytes(_model_card(repo_id, model_dir, config, space_id, api.endpoint))
-        if space_id is not None:
-            plain_dir = _plain_export(model_dir, repo_id, space_id, api.endpoint)
-            shutil.move(plain_dir, staging / PLAIN_FOLDER)
-        with _hub_errors(repo_id, api.endpoint, token, action="push to"):
-            repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-            commit = api.upload_folder(
-                repo_id=repo_id, folder_path=staging, commit_message=commit_message or "Upload TinyGPT model"
-            )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if space_id is not None:
-        with _hub_errors(space_id, api.endpoint, token, action="push to"):
-            push_space(api, space_id, repo_id, commit.oid, private=private)
-    return str(repo_url)
-
-
-def _check_own_file(model_dir: Path, path: Path) -> None:
-    """Refuse a file that is a link to somewhere outside the folder: a push sends the folder's own files only. The
-    one exception is a snapshot in the Hub's cache, whose files link to its repo's blobs/ (snapshots/REV/x ->
-    ../../blobs/HASH)."""
-    real, root = path.resolve(), model_dir.resolve()
-    in_the_cache = root.parent.name == "snapshots" and real.parent == root.parent.parent / "blobs"
-    if not (real.is_relative_to(root) or in_the_cache):
-        raise HubError(
-            f"{path} links to {real}, outside {model_dir}: push sends only the folder's own files; copy the file "
-            "in if it belongs to the model."
-        )
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the filesystem allows one (no copy of the weights), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-def _plain_export(model_dir: Path, repo_id: str, space_id: str, endpoint: str) -> Path:
-    """The model as plain GPT-2 in a temporary folder, its card linking the Space."""
-    try:
-        model, tokenizer = load_for_export(model_dir)
-        return export_to_temp(
-            model, tokenizer, repo_id=repo_id, space_id=space_id, subfolder=PLAIN_FOLDER, endpoint=endpoint
-        )
-    except ExportError as error:
-        raise HubError(f"cannot publish a Space for {model_dir}: {error}") from None
-
-
 def pull_model(
     repo_id: str,
     *,
@@ -194,7 +108,7 @@ def pull_model(
     api = HfApi(endpoint=endpoint, token=token)
     if not is_offline():
         try:
-            with _hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
+            with hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
                 info = api.model_info(repo_id, revision=revision)
         except HubError as error:
             if try_to_load_from_cache(repo_id, "config.json", revision=revision) is None:
@@ -203,7 +117,7 @@ def pull_model(
                 f"{error} A copy of {repo_id} is in the cache, possibly outdated: set HF_HUB_OFFLINE=1 to use it."
             ) from None
         _check_file_names(repo_id, [sibling.rfilename for sibling in info.siblings or []])
-    with _hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
+    with hub_errors(repo_id, api.endpoint, token, action="pull from", revision=revision):
         folder = snapshot_download(
             repo_id,
             revision=revision,
@@ -229,55 +143,11 @@ def is_offline() -> bool:
     return constants.is_offline_mode()
 
 
-def _check_model_dir(model_dir: Path) -> TinyGPTConfig:
-    if not model_dir.is_dir():
-        raise HubError(f"{model_dir} is not a folder: pass the folder the model was saved to (save_pretrained).")
-    if not (model_dir / "model.safetensors").is_file():
-        raise HubError(
-            f"{model_dir} holds no model.safetensors: save the model there first "
-            "(model.save_pretrained(dir), or train.py's output folder)."
-        )
-    if not (model_dir / "tokenizer_config.json").is_file():
-        raise HubError(f"{model_dir} holds no tokenizer: save it next to the model (tokenizer.save_pretrained(dir)).")
-    try:
-        config = load_config(model_dir)
-        check_weights(model_dir, config)
-    except ModelLoadError as error:
-        raise HubError(str(error)) from None
-    return config
-
-
 def _check_pull_target(local_dir: Path) -> None:
     """A download overwrites same-named files: only fill a new or empty folder, or refresh an earlier pull."""
     earlier_pull = (local_dir / ".cache" / "huggingface").is_dir()  # snapshot_download's bookkeeping
     if local_dir.exists() and not (local_dir.is_dir() and (earlier_pull or not any(local_dir.iterdir()))):
         raise HubError(f"{local_dir} already exists and is not an earlier pull: pull into a new or empty folder.")
-
-
-def _code_modules(model_dir: Path, config: TinyGPTConfig) -> list[str]:
-    """tinygpt's modules that the auto_maps of config.json and tokenizer_config.json name; HubError for any other
-    module (a path, another repo's code), which a push must never go looking for."""
-    try:
-        tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
-    except (OSError, ValueError) as error:
-        raise HubError(f"{model_dir / 'tokenizer_config.json'} is not valid JSON ({error}); save it again.") from None
-    references = [
-        *(getattr(config, "auto_map", None) or {}).values(),
-        *((tokenizer_config.get("auto_map") if isinstance(tokenizer_config, dict) else None) or {}).values(),
-    ]
-    modules = set()
-    for reference in references:  # "modeling_tinygpt.TinyGPTModel", or [slow, fast] for tokenizers
-        for class_path in reference if isinstance(reference, list) else [reference]:
-            if not class_path:
-                continue
-            module = str(class_path).rpartition(".")[0]
-            if module not in CODE_MODULES:
-                raise HubError(
-                    f"{model_dir}: auto_map names {class_path!r}, which is not tinygpt's own code "
-                    f"({', '.join(CODE_MODULES)}); a push uploads only those: re-save the model with tinygpt."
-                )
-            modules.add(module)
-    return sorted(modules)
 
 
 def _check_file_names(repo_id: str, names: list[str]) -> None:
@@ -291,29 +161,13 @@ def _check_file_names(repo_id: str, names: list[str]) -> None:
             )
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def _model_card(
-    repo_id: str, model_dir: Path, config: TinyGPTConfig, space_id: str | None = None, endpoint: str = ""
-) -> bytes:
-    """The card of a folder pushed without one (tinygpt.model_card): its shape and how to load it."""
-    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
-    card = model_card(
-        config,
-        title=repo_id,
-        where=repo_id,
-        tokenizer=tokenizer_config.get("tokenizer_class", "saved"),
-        space_id=space_id,
-        space_url=space_url(space_id, endpoint) if space_id else None,
-    )
-    return str(card).encode()
-
-
 @contextlib.contextmanager
-def _hub_errors(repo_id: str, endpoint: str, token: str | None, *, action: str, revision: str | None = None):
+def hub_errors(repo_id: str, endpoint: str, token: str | None, *, action: str, revision: str | None = None):
     """Re-raise whatever huggingface_hub / httpx2 raise inside as a one-line HubError."""
     try:
         yield
@@ -369,11 +223,4 @@ def _explain(
     )
 
 
-__all__ = [
-    "HubError",
-    "MODEL_FILES",
-    "is_offline",
-    "pull_model",
-    "push_model",
-    "validate_repo_id",
-]
+__all__ = ["CODE_MODULES", "HubError", "MODEL_FILES", "hub_errors", "is_offline", "pull_model", "validate_repo_id"]

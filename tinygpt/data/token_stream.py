@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from datasets.fingerprint import Hasher
 
-from .data import cut_text
-from .tokenization_tinygpt import DataError
+from tinygpt.data.errors import DataError
+from tinygpt.data.text import cut_text
 
 
 def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 18) -> torch.Tensor:

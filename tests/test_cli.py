@@ -358,3 +358,73 @@ def test_missing_model_folder_is_one_line(capsys):
         "tinygpt generate: error: no/such/folder/here is neither a model folder nor a Hub repo id (owner/name): "
         "check the path.\n"
     )
+
+
+# -- defaults come from the model --------------------------------------------------------------------------------
+
+
+def model_with_generation_config(model_dir: Path, folder: Path, **settings) -> Path:
+    """A copy of the chat model whose generation_config.json holds `settings`."""
+    from transformers import GenerationConfig
+
+    shutil.copytree(model_dir, folder)
+    config = GenerationConfig.from_pretrained(folder)
+    config.update(**settings)
+    config.save_pretrained(folder)
+    return folder
+
+
+def test_chat_and_generate_without_flags_follow_the_models_generation_config(model_dir, tmp_path):
+    """A model saved to answer greedily answers the same on every run, with no flags; one saved with a short
+    max_new_tokens stops there. (Flag defaults of 0.8 and 256 overrode both.)"""
+    greedy = model_with_generation_config(model_dir, tmp_path / "greedy", do_sample=False, max_new_tokens=40)
+    short = model_with_generation_config(
+        model_dir, tmp_path / "short", do_sample=True, temperature=1.0, top_k=None, max_new_tokens=7
+    )
+    prompt = ["--prompt", GENERATE_PROMPT]
+
+    def run(*args, stdin=None):
+        result = subprocess.run(
+            [str(TINYGPT), *map(str, args)], input=stdin, capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        return result
+
+    generated = [run("generate", greedy, *prompt).stdout for _ in range(3)]
+    assert generated[0] == generated[1] == generated[2] == run("generate", greedy, *prompt, "--temperature", "0").stdout
+    chats = [run("chat", greedy, stdin="hi\nwhat is your name?\nquit\n").stdout for _ in range(2)]
+    assert (
+        chats[0] == chats[1] == run("chat", greedy, "--temperature", "0", stdin="hi\nwhat is your name?\nquit\n").stdout
+    )
+    limited = run("generate", short, *prompt, "--min_new_tokens", "7")
+    assert RATE_LINE.match(limited.stderr.strip().splitlines()[-1])[1] == "7"
+    flagged = run("generate", short, *prompt, "--min_new_tokens", "9", "--max_new_tokens", "9")
+    assert RATE_LINE.match(flagged.stderr.strip().splitlines()[-1])[1] == "9"  # a typed flag still wins
+
+
+def test_version_and_the_handed_over_commands_are_listed(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    import tinygpt
+
+    assert capsys.readouterr().out == f"tinygpt {tinygpt.__version__}\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "train" in help_text and "app" in help_text
+
+
+@pytest.mark.parametrize(
+    "argv, hidden, extra",
+    [(["serve", "MODEL"], "fastapi", "serve"), (["app", "--port", "0"], "gradio", "app")],
+)
+def test_a_command_without_its_extra_is_one_line_naming_it(argv, hidden, extra, model_dir):
+    """As where the extra was never installed: the module cannot be imported."""
+    argv = [str(model_dir) if arg == "MODEL" else arg for arg in argv]
+    script = f"import sys; sys.modules[{hidden!r}] = None; from tinygpt.cli import main; sys.exit(main({argv!r}))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"tinygpt {argv[0]}: error: it needs the {extra!r} extra ({hidden} is missing): pip install 'tinygpt[{extra}]'\n"
+    )

@@ -1,14 +1,17 @@
-"""The `tinygpt` console command: chat with a model, continue a text, push a model to the Hub, pull one.
+"""The `tinygpt` console command: train a model, chat with it, serve it, share it.
 
+    tinygpt train [train.py's flags]          train with the HF Trainer (`tinygpt train --help` lists the flags)
+    tinygpt app [app.py's flags]              the Gradio app: chat, train, pull and push in the browser
     tinygpt chat MODEL                        talk to a model, streaming; `exit` or `quit` (or Ctrl-D) ends
-    tinygpt generate MODEL --prompt TEXT      continue a plain text, streaming (--temperature 0: greedy)
+    tinygpt generate MODEL --prompt TEXT      continue a plain text, streaming
     tinygpt push DIR owner/name               upload a saved model folder to the Hub
     tinygpt pull owner/name [DIR]             download one (into the HF cache, or into DIR)
     tinygpt export MODEL OUT                  write it as plain GPT-2 (--format hf) or as GGUF (--format gguf)
     tinygpt serve MODEL [--port 8000]         an OpenAI-compatible API (/v1/chat/completions, ...) on 127.0.0.1
 
 Thin on purpose: each command parses its arguments and calls the package (tinygpt.hub.loader, tinygpt.decoding.chat,
-tinygpt.hub). MODEL is a local folder or a Hub repo id, pulled into the cache first. What a user can get wrong
+tinygpt.hub); `train` and `app` hand their flags to tinygpt.training and tinygpt.app whole. MODEL is a local folder
+or a Hub repo id, pulled into the cache first, and sampling flags left out come from its generation_config. What a user can get wrong
 (a folder, a repo id, a token, an unreachable Hub) ends as one line on stderr and exit status 1, never a
 traceback. argparse rather than HfArgumentParser: these are subcommands with positional arguments, not
 dataclass configs.
@@ -19,38 +22,47 @@ line is visible to every user of the machine (`ps`). `serve --api_key` is the ex
 for; TINYGPT_API_KEY keeps the key off the command line.
 """
 
-import argparse
-import getpass
-import sys
-import threading
 import time
 
-from huggingface_hub import constants, get_token
-from transformers import set_seed
-from transformers.utils import logging as transformers_logging
+STARTED_AT = time.perf_counter()  # before the heavy imports: `tinygpt train` reports its wall time from here
 
-from tinygpt.decoding.chat import ChatModel, DecodingOptions, text_pieces
-from tinygpt.decoding.engine import Engine
-from tinygpt.decoding.flags import (
+import argparse  # noqa: E402
+import getpass  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+from huggingface_hub import constants, get_token  # noqa: E402
+from transformers import set_seed  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+from tinygpt import __version__  # noqa: E402
+from tinygpt.decoding.chat import ChatModel, DecodingOptions, text_pieces  # noqa: E402
+from tinygpt.decoding.engine import Engine  # noqa: E402
+from tinygpt.decoding.flags import (  # noqa: E402
     add_decoding_arguments,
     add_sampling_arguments,
     check_decoding_arguments,
     non_empty,
     non_negative_int,
+    sampling_settings,
     seed,
 )
-from tinygpt.hub.checks import ModelLoadError
-from tinygpt.hub.export import DTYPES, FORMATS, ExportError, export_model
-from tinygpt.hub.loader import load, model_folder
-from tinygpt.hub.push import push_model
-from tinygpt.hub.remote import HubError, is_offline, pull_model, validate_repo_id
-from tinygpt.hub.space import space_url
-from tinygpt.serving.flags import add_server_arguments
+from tinygpt.decoding.sampling import settings_from  # noqa: E402
+from tinygpt.hub.checks import ModelLoadError  # noqa: E402
+from tinygpt.hub.export import DTYPES, FORMATS, ExportError, export_model  # noqa: E402
+from tinygpt.hub.loader import load, model_folder  # noqa: E402
+from tinygpt.hub.push import push_model  # noqa: E402
+from tinygpt.hub.remote import HubError, is_offline, pull_model, validate_repo_id  # noqa: E402
+from tinygpt.hub.space import space_url  # noqa: E402
+from tinygpt.serving.flags import add_server_arguments  # noqa: E402
 
 EXIT_WORDS = ("exit", "quit")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HANDED_OVER:  # their own parsers read the rest, --help included
+        return HANDED_OVER[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("chat", "generate", "serve"):
@@ -72,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Hub commands use HF_ENDPOINT (default https://huggingface.co) and the token in HF_TOKEN or from "
         "`hf auth login`; push prompts for one (hidden input) when neither is set.",
     )
+    parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, run in HANDED_OVER.items():  # listed in --help; main() hands them their flags before parsing
+        commands.add_parser(name, help=run.__doc__.splitlines()[0], add_help=False)
 
     chat = commands.add_parser("chat", help="talk to a model in the terminal", description=run_chat.__doc__)
     chat.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (owner/name)")
@@ -138,11 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sampling_settings(args: argparse.Namespace) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-
-
 # -- commands -------------------------------------------------------------------------------------------------
+
+
+def run_train(argv: list[str]) -> int:
+    """train a model with the HF Trainer: train.py's flags (tinygpt train --help)"""
+    from tinygpt.training.trainer import main as train_main
+
+    return train_main(argv, started_at=STARTED_AT)
+
+
+def run_app(argv: list[str]) -> int:
+    """the Gradio app in the browser: chat, train, pull and push (tinygpt app --help)"""
+    try:
+        from tinygpt.app.page import main as app_main
+    except ImportError as error:
+        return missing_extra("app", "app", error)
+    return app_main(argv)
+
+
+HANDED_OVER = {"train": run_train, "app": run_app}
+
+
+def missing_extra(command: str, extra: str, error: ImportError) -> int:
+    """The one line for a command whose optional dependencies are not installed."""
+    print(
+        f"tinygpt {command}: error: it needs the {extra!r} extra ({error.name or error} is missing): "
+        f"pip install 'tinygpt[{extra}]'",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -202,7 +242,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     def decoded():
         for token_id in engine.stream(
-            prompt_ids, stop_ids=stop_ids, min_new_tokens=args.min_new_tokens, **sampling_settings(args)
+            prompt_ids,
+            stop_ids=stop_ids,
+            min_new_tokens=args.min_new_tokens,
+            **(settings_from(model.generation_config) | sampling_settings(args)),
         ):
             new_tokens.append(token_id)
             yield token_id
@@ -221,7 +264,10 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve a model over an OpenAI-compatible HTTP API until Ctrl-C: GET /v1/models, POST /v1/chat/completions
     (through the model's chat template) and POST /v1/completions, streamed or not. Every request joins one batch of
     up to --max_batch replies; settings a request leaves out come from the model's generation_config."""
-    from tinygpt.serving.server import create_app, serve, url_host  # fastapi and uvicorn come with the app extra
+    try:
+        from tinygpt.serving.server import create_app, serve, url_host
+    except ImportError as error:  # fastapi and uvicorn: the serve extra
+        return missing_extra("serve", "serve", error)
 
     options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
     chat_model = ChatModel(*load_quietly(args.model), options)

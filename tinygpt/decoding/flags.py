@@ -35,14 +35,27 @@ def check_decoding_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=temperature, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top_k", type=non_negative_int, default=None, help="sample from the k likeliest tokens only")
+    """--temperature, --top_k, --top_p and --max_new_tokens, each defaulting to the model's generation_config."""
+    default = "default: the model's generation_config"
+    parser.add_argument("--temperature", type=temperature, default=None, help=f"0 = greedy ({default})")
     parser.add_argument(
-        "--top_p", type=probability, default=None, help="sample from the smallest set holding this much probability"
+        "--top_k", type=non_negative_int, default=None, help=f"sample from the k likeliest tokens only ({default})"
     )
     parser.add_argument(
-        "--max_new_tokens", type=positive_int, default=256, help="longest reply, in tokens (default 256)"
+        "--top_p",
+        type=probability,
+        default=None,
+        help=f"sample from the smallest set holding this much probability ({default})",
     )
+    parser.add_argument(
+        "--max_new_tokens", type=positive_int, default=None, help=f"longest reply, in tokens ({default})"
+    )
+
+
+def sampling_settings(args: argparse.Namespace) -> dict:
+    """The sampling flags the user typed, and only those: what is left out comes from the model."""
+    typed = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    return {name: value for name, value in typed.items() if value is not None}
 
 
 def checked(cast, is_valid, requirement: str, name: str):

@@ -8,14 +8,24 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
-from huggingface_hub import HfApi
+import jinja2
+from huggingface_hub import HfApi, ModelCard
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.hub.card import model_card
 from tinygpt.hub.checks import ModelLoadError, check_weights, load_config
 from tinygpt.hub.export import ExportError, export_to_temp, load_for_export
-from tinygpt.hub.remote import CODE_MODULES, MODEL_FILES, HubError, hub_errors, read_json, validate_repo_id
+from tinygpt.hub.remote import (
+    CODE_MODULES,
+    MODEL_FILES,
+    HubError,
+    hub_errors,
+    public_url,
+    read_json,
+    validate_repo_id,
+)
 from tinygpt.hub.space import push_space, space_url
 
 # tinygpt's own code files, uploaded from the installed package for the modules a saved auto_map names.
@@ -51,7 +61,8 @@ def push_model(
                 _link_or_copy(model_dir / name, staging / name)
         for module in _code_modules(model_dir, config):
             shutil.copyfile(PACKAGE_DIR / f"{module}.py", staging / f"{module}.py")
-        if not (model_dir / "README.md").is_file():
+        if not (model_dir / "README.md").is_file() or _card_is_tinygpts(model_dir / "README.md"):
+            (staging / "README.md").unlink(missing_ok=True)  # a link to the folder's own card: never write through it
             (staging / "README.md").write_bytes(_model_card(repo_id, model_dir, config, space_id, api.endpoint))
         if space_id is not None:
             plain_dir = _plain_export(model_dir, repo_id, space_id, api.endpoint)
@@ -66,7 +77,7 @@ def push_model(
     if space_id is not None:
         with hub_errors(space_id, api.endpoint, token, action="push to"):
             push_space(api, space_id, repo_id, commit.oid, private=private)
-    return str(repo_url)
+    return public_url(str(repo_url))
 
 
 def _check_own_file(model_dir: Path, path: Path) -> None:
@@ -145,17 +156,31 @@ def _code_modules(model_dir: Path, config: TinyGPTConfig) -> list[str]:
     return sorted(modules)
 
 
+def _card_is_tinygpts(readme: Path) -> bool:
+    """A card tinygpt wrote (train.py's, or an earlier push's): written again for the repo, since it names where
+    the model was (a local folder) and the Space it had. A card of the user's own goes up as it is."""
+    try:
+        return "tinygpt" in (ModelCard.load(readme).data.tags or [])
+    except (OSError, ValueError):
+        return False
+
+
 def _model_card(
     repo_id: str, model_dir: Path, config: TinyGPTConfig, space_id: str | None = None, endpoint: str = ""
 ) -> bytes:
-    """The card of a folder pushed without one (tinygpt.hub.card): its shape and how to load it."""
+    """The repo's card (tinygpt.hub.card): its shape, how to load it by its repo id, the Space's link, and for a
+    train.py folder the run's figures from its metrics.json."""
     tokenizer_config = read_json(model_dir / "tokenizer_config.json")
-    card = model_card(
-        config,
+    settings = dict(
         title=repo_id,
         where=repo_id,
         tokenizer=tokenizer_config.get("tokenizer_class", "saved"),
         space_id=space_id,
         space_url=space_url(space_id, endpoint) if space_id else None,
     )
-    return str(card).encode()
+    try:
+        run = SimpleNamespace(**read_json(model_dir / "metrics.json"))
+        return str(model_card(config, run=run, **settings)).encode()
+    except (OSError, ValueError, TypeError, AttributeError, jinja2.TemplateError):
+        pass  # no metrics.json, or one another version wrote: the card without the run's figures
+    return str(model_card(config, **settings)).encode()

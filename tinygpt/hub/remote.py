@@ -32,6 +32,7 @@ import contextlib
 import json
 import posixpath
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from huggingface_hub import (
     HfApi,
@@ -66,6 +67,8 @@ MODEL_FILES = [
     "merges.txt",
     "chat_template.jinja",
     "README.md",
+    "loss.png",  # train.py's curve, which its card shows
+    "metrics.json",  # train.py's figures, which its card is written from
 ]
 # tinygpt's own code files (the model contract), which a push uploads and a pull downloads.
 CODE_MODULES = ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt")
@@ -138,6 +141,17 @@ def pull_model(
     return folder
 
 
+def public_url(url: str) -> str:
+    """`url` without the user name and password it may carry (HF_ENDPOINT=http://user:secret@host): what is
+    printed, put in a card or in an error message."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def is_offline() -> bool:
     """HF_HUB_OFFLINE=1: pulls return the cached copy without asking the Hub."""
     return constants.is_offline_mode()
@@ -169,6 +183,7 @@ def read_json(path: Path) -> dict:
 @contextlib.contextmanager
 def hub_errors(repo_id: str, endpoint: str, token: str | None, *, action: str, revision: str | None = None):
     """Re-raise whatever huggingface_hub / httpx2 raise inside as a one-line HubError."""
+    endpoint = public_url(endpoint)
     try:
         yield
     except (
@@ -223,4 +238,13 @@ def _explain(
     )
 
 
-__all__ = ["CODE_MODULES", "HubError", "MODEL_FILES", "hub_errors", "is_offline", "pull_model", "validate_repo_id"]
+__all__ = [
+    "CODE_MODULES",
+    "HubError",
+    "MODEL_FILES",
+    "hub_errors",
+    "is_offline",
+    "public_url",
+    "pull_model",
+    "validate_repo_id",
+]

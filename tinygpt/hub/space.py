@@ -15,6 +15,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
 
+from tinygpt.hub.remote import public_url
+
 APP_TEMPLATE = Path(__file__).with_name("space_app.py")
 SPACE_REQUIREMENTS = ("transformers", "torch")
 
@@ -30,7 +32,8 @@ A chat demo of [{{ repo_id }}]({{ model_url }}) at commit `{{ revision }}`, run 
 
 
 def space_url(space_id: str, endpoint: str) -> str:
-    return f"{endpoint.rstrip('/')}/spaces/{space_id}"
+    """The Space's page, without any credentials the endpoint carries."""
+    return f"{public_url(endpoint).rstrip('/')}/spaces/{space_id}"
 
 
 def space_app(repo_id: str, revision: str) -> str:
@@ -62,7 +65,7 @@ def space_card(space_id: str, repo_id: str, revision: str, endpoint: str) -> str
         template_str=SPACE_CARD_TEMPLATE,
         title=space_id,
         repo_id=repo_id,
-        model_url=f"{endpoint.rstrip('/')}/{repo_id}",
+        model_url=f"{public_url(endpoint).rstrip('/')}/{repo_id}",
         revision=revision,
     )
     return str(card)

@@ -131,3 +131,37 @@ def test_int8_without_compiling_is_a_usage_error():
     assert result.returncode == 2
     assert "app.py: error: --int8 decodes through a compiled step" in result.stderr
     assert "drop --no-compile" in result.stderr
+
+
+def test_sixteen_endless_api_streams_leave_the_browser_chat_its_share(app):
+    """16 API streams asking for 2^63 - 1 tokens (and as many min_tokens) would hold all 16 slots: the API decodes
+    half the batch at most, so a browser chat is still answered within seconds."""
+    api = openai.OpenAI(base_url=f"{app.url}v1", api_key="none", max_retries=0, timeout=120)
+    (model,) = api.models.list()
+    stop, started = threading.Event(), []
+
+    def endless():
+        stream = api.chat.completions.create(
+            model=model.id, messages=[{"role": "user", "content": "zzz"}], temperature=2.0,
+            max_tokens=2**63 - 1, extra_body={"min_tokens": 2**63 - 1}, stream=True,
+        )  # fmt: skip
+        with stream:
+            for _ in stream:
+                started.append(1)
+                if stop.is_set():
+                    return
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        streams = [pool.submit(endless) for _ in range(16)]
+        try:
+            deadline = time.monotonic() + 60
+            while not started and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1)  # every stream has asked by now
+            asked = time.monotonic()
+            reply = Client(app.url, verbose=False).predict(message="hi", **GREEDY, api_name="/chat")
+            assert reply == "hello!" and time.monotonic() - asked < 5
+        finally:
+            stop.set()
+            for stream in streams:
+                stream.result(timeout=120)

@@ -3,8 +3,10 @@ tests/chat_fixtures.py (which answers its few questions exactly when decoding gr
 
 import functools
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -261,11 +263,11 @@ def test_fields_are_strict_and_unsupported_ones_are_refused(client, model_id):
 def test_a_huge_prompt_is_refused_before_it_is_tokenized(client, model_id):
     """Far more text than the window holds, however it tokenizes: refused from its length alone (the message says
     "more than"), without rendering the conversation, which would hold every other client up."""
-    long_chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}] * 20_000
+    long_chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}] * 5_000
     with pytest.raises(openai.BadRequestError, match="more than 63 tokens"):
         client.chat.completions.create(model=model_id, messages=long_chat)
     with pytest.raises(openai.BadRequestError, match="more than 63 tokens"):
-        client.completions.create(model=model_id, prompt="x" * 1_000_000)
+        client.completions.create(model=model_id, prompt="x" * 1_000_000)  # just under the 1 MiB body limit
 
 
 def test_raw_http_a_web_page_could_send_is_refused(server, model_id):
@@ -321,3 +323,71 @@ def test_a_key_no_header_can_carry_is_refused_without_echoing_it():
         "tinygpt serve: error: argument --api_key: must be printable ASCII without spaces, as an HTTP header carries it"
     )
     assert secret not in result.stdout + result.stderr
+
+
+def test_a_reply_is_capped_at_four_times_the_models_max_new_tokens(client, model_id):
+    """max_tokens of 2^63 - 1 (and as many min_tokens, so no <EOS>) would hold a slot for good: the reply ends at
+    the server's cap, 4 x the model's max_new_tokens (256 for this model), as a reply that reached its length."""
+    reply = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "zzz"}],
+        temperature=2.0,
+        max_tokens=2**63 - 1,
+        extra_body={"min_tokens": 2**63 - 1},
+        timeout=120,
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 4 * 256
+
+
+def raw_request(url: str, head: bytes, body_parts: list[bytes], timeout: float = 10) -> tuple[bytes, float]:
+    """Send a request over a plain socket, part by part, and read the answer's status line: (status line, seconds
+    from the first byte sent to the answer)."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        for part in body_parts:
+            try:
+                sock.sendall(part)
+            except OSError:  # the server answered and closed: it read no further
+                break
+        answer = sock.recv(4096)
+        return answer.split(b"\r\n")[0], time.monotonic() - started
+
+
+def test_a_body_past_the_limit_is_refused_unread_while_other_streams_go_on(server, client, model_id):
+    url, _, _ = server
+    path = "/v1/chat/completions"
+    headers = f"Host: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+    tokens, stop = [], threading.Event()
+
+    def stream_meanwhile():
+        stream = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "zzz"}], temperature=2.0, max_tokens=100_000,
+            extra_body={"min_tokens": 100_000}, stream=True,
+        )  # fmt: skip
+        with stream:
+            for _ in stream:
+                tokens.append(time.monotonic())
+                if stop.is_set():
+                    return
+
+    streaming = threading.Thread(target=stream_meanwhile)
+    streaming.start()
+    try:
+        while not tokens:
+            time.sleep(0.05)
+        declared = f"POST {path} HTTP/1.1\r\n{headers}Content-Length: {100_000_000}\r\n\r\n".encode()
+        status, seconds = raw_request(url, declared, [b"{" + b" " * 65_535] * 1_600)  # 100 MB, if it were read
+        assert status == b"HTTP/1.1 413 Request Entity Too Large" and seconds < 1
+        chunked = f"POST {path} HTTP/1.1\r\n{headers}Transfer-Encoding: chunked\r\n\r\n".encode()
+        chunk = b"10000\r\n" + b" " * 65_536 + b"\r\n"
+        status, seconds = raw_request(url, chunked, [chunk] * 1_600)  # no length: cut at the limit
+        assert status == b"HTTP/1.1 413 Request Entity Too Large" and seconds < 5
+        before = len(tokens)
+        time.sleep(0.5)
+        assert len(tokens) > before  # the other stream kept streaming
+    finally:
+        stop.set()
+        streaming.join(timeout=60)

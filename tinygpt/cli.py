@@ -265,6 +265,7 @@ def run_serve(args: argparse.Namespace) -> int:
     (through the model's chat template) and POST /v1/completions, streamed or not. Every request joins one batch of
     up to --max_batch replies; settings a request leaves out come from the model's generation_config."""
     try:
+        from tinygpt.serving.limits import ServingLimits
         from tinygpt.serving.server import create_app, serve, url_host
     except ImportError as error:  # fastapi and uvicorn: the serve extra
         return missing_extra("serve", "serve", error)
@@ -272,7 +273,16 @@ def run_serve(args: argparse.Namespace) -> int:
     options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
     chat_model = ChatModel(*load_quietly(args.model), options)
     chat_model.warm_up()
-    app = create_app({args.model: chat_model}, api_key=args.api_key, host=args.host, allowed_hosts=args.allowed_host)
+    limits = ServingLimits.for_batch(
+        args.max_batch,
+        browser=False,
+        max_tokens=args.max_tokens,
+        per_client=args.max_client_requests,
+        max_body_bytes=args.max_body_bytes,
+    )
+    app = create_app(
+        {args.model: chat_model}, api_key=args.api_key, host=args.host, allowed_hosts=args.allowed_host, limits=limits
+    )
     key = "with an API key" if args.api_key else "no API key"
     print(f"serving {args.model} at http://{url_host(args.host)}:{args.port}/v1 ({key}); Ctrl-C stops", flush=True)
     serve(app, args.host, args.port)

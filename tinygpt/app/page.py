@@ -53,6 +53,7 @@ from tinygpt.decoding.flags import add_decoding_arguments, check_decoding_argume
 from tinygpt.hub.checks import ModelLoadError  # noqa: E402
 from tinygpt.hub.remote import HubError  # noqa: E402
 from tinygpt.serving.flags import add_server_arguments  # noqa: E402
+from tinygpt.serving.limits import ServingLimits  # noqa: E402
 from tinygpt.serving.openai import openai_router  # noqa: E402
 from tinygpt.serving.server import host_check  # noqa: E402
 
@@ -274,6 +275,7 @@ def launch(
     allowed_hosts: list[str] | tuple[str, ...] = (),
     max_batch: int = 16,
     api_key: str | None = None,
+    limits: ServingLimits | None = None,
 ) -> None:
     """Open `model` (a folder or a Hub repo id; default: the first local model that loads), build the page, serve
     it and, on the same server, the OpenAI-compatible /v1 routes (tinygpt.serving) for that model, under the id
@@ -282,6 +284,8 @@ def launch(
     `compile`, `int8_weights`, `max_batch`: how chat replies are decoded (tinygpt.decoding.chat.DecodingOptions); compiling
     happens on the opened model before serving. Browser chats and API requests join one batch of `max_batch`.
     `api_key`: what the /v1 routes require as `Authorization: Bearer` (default: nothing; the page never needs it).
+    `limits`: what one API client may take (tinygpt.serving.limits; default: the API decodes half the batch at
+    most, so the browser chat keeps the other half whatever the API does).
     `allow_server_token`: let a blank token box use the server's HF_TOKEN / stored login (default: never).
     `allowed_hosts`: Host header names accepted besides `host`, localhost and 127.0.0.1.
     Raises HubError / ModelLoadError when `model` cannot be opened.
@@ -310,7 +314,9 @@ def launch(
         # FastAPI's own `routes` argument: the /v1 routes come first in Gradio's app, with their own error shape.
         app_kwargs={
             "middleware": [host_check(host, allowed_hosts, share)],
-            "routes": openai_router(api_models, api_key).routes,
+            "routes": openai_router(
+                api_models, api_key, limits or ServingLimits.for_batch(max_batch, browser=True)
+            ).routes,
         },
     )
 
@@ -346,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             allowed_hosts=args.allowed_host,
             max_batch=args.max_batch,
             api_key=args.api_key,
+            limits=ServingLimits.for_batch(
+                args.max_batch,
+                browser=True,
+                max_tokens=args.max_tokens,
+                per_client=args.max_client_requests,
+                max_body_bytes=args.max_body_bytes,
+            ),
         )
     except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
         print(f"app.py: error: {error}", file=sys.stderr)

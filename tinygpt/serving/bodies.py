@@ -130,12 +130,9 @@ class APIError(Exception):
         return JSONResponse({"error": error}, status_code=self.status)
 
 
-async def parse(request: Request, body_type: type[BaseModel]):
-    """The request's JSON body as `body_type`; a malformed body or a wrong field is one readable 400.
-
-    The body must come as `Content-Type: application/json`: a web page can post a form or text to any server
-    without asking it first (CORS's "simple" requests), but not JSON, so any other type is refused (415).
-    """
+def check_json_media_type(request: Request) -> None:
+    """The body must come as `Content-Type: application/json`: a web page can post a form or text to any server
+    without asking it first (CORS's "simple" requests), but not JSON, so any other type is refused (415)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise APIError(
@@ -143,8 +140,13 @@ async def parse(request: Request, body_type: type[BaseModel]):
             f"Send the body as JSON with the header 'Content-Type: application/json' (got {media_type or 'none'!r}).",
             code="unsupported_media_type",
         )
+
+
+def parse(body: bytes, body_type: type[BaseModel]):
+    """A JSON body as `body_type`; a malformed body or a wrong field is one readable 400. A large body takes a
+    while to parse: callers run this in the thread pool, off the event loop that streams every reply."""
     try:
-        return body_type.model_validate_json(await request.body())
+        return body_type.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
@@ -157,4 +159,4 @@ async def parse(request: Request, body_type: type[BaseModel]):
         raise APIError(400, f"{field}: {first['msg']}.", param=field, code="invalid_value") from None
 
 
-__all__ = ["APIError", "ChatCompletionBody", "CompletionBody", "parse"]
+__all__ = ["APIError", "ChatCompletionBody", "CompletionBody", "check_json_media_type", "parse"]

@@ -27,6 +27,26 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
         help="replies decoded together in one batch (default 16); more wait for a free slot",
     )
     parser.add_argument(
+        "--max_tokens",
+        type=positive_int,
+        default=None,
+        help="the longest reply an API request may ask for, in tokens (default: 4 times the model's "
+        "max_new_tokens); a reply that reaches it ends with finish_reason 'length'",
+    )
+    parser.add_argument(
+        "--max_client_requests",
+        type=positive_int,
+        default=None,
+        help="replies one API client (its key, or its address without one) decodes at once (default: half of "
+        "--max_batch); its further requests wait their turn",
+    )
+    parser.add_argument(
+        "--max_body_bytes",
+        type=positive_int,
+        default=1 << 20,
+        help="the largest request body the API reads (default 1 MiB); a larger one is refused (413) unread",
+    )
+    parser.add_argument(
         "--api_key",
         type=api_key,
         default=os.environ.get("TINYGPT_API_KEY") or None,  # set but empty: no key

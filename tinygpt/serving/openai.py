@@ -46,15 +46,39 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from tinygpt.decoding.chat import ChatModel, IncrementalDecoder, message_text, render_prompt
-from tinygpt.serving.bodies import APIError, ChatCompletionBody, CompletionBody, Sampling, parse
+from tinygpt.serving.bodies import (
+    APIError,
+    ChatCompletionBody,
+    CompletionBody,
+    Sampling,
+    check_json_media_type,
+    parse,
+)
+from tinygpt.serving.limits import Admission, ServingLimits, Ticket, client_id, read_body
 
 logger = logging.getLogger(__name__)
 
 
-def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> APIRouter:
+def openai_router(
+    models: dict[str, ChatModel], api_key: str | None = None, limits: ServingLimits | None = None
+) -> APIRouter:
     """The /v1 routes serving `models` (id -> ChatModel); with `api_key`, every route needs
-    `Authorization: Bearer <api_key>`."""
+    `Authorization: Bearer <api_key>`. `limits` (tinygpt.serving.limits) bound what one client may take."""
     expected = api_key.encode() if api_key else None
+    limits = limits or ServingLimits()
+    admission = Admission(limits)
+
+    async def read(request: Request, body_type):
+        check_json_media_type(request)
+        return await run_in_threadpool(parse, await read_body(request, limits.max_body_bytes), body_type)
+
+    async def admitted(request: Request, model: ChatModel, body, prompt_ids: list[int], chat: bool):
+        ticket = await admission.admit(client_id(request, api_key))
+        try:
+            return await respond(model, body, prompt_ids, chat, request.is_disconnected, ticket, limits)
+        except BaseException:
+            ticket.release()
+            raise
 
     class OpenAIRoute(APIRoute):
         """Checks the key before anything else, and answers every error in OpenAI's shape."""
@@ -107,7 +131,7 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = await parse(request, ChatCompletionBody)
+        body = await read(request, ChatCompletionBody)
         model = chat_model(body.model)
         system = "\n".join(message_text(m.content) for m in body.messages if m.role in ("system", "developer"))
         turns = [
@@ -121,11 +145,11 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
         check_fits(model, [message["content"] for message in conversation], len(conversation), chat=True)
         # Rendering and tokenizing a long prompt takes a while: off the event loop, which serves every client.
         prompt_ids = await run_in_threadpool(render_prompt, model.tokenizer, conversation)
-        return await respond(model, body, prompt_ids, chat=True, gone=request.is_disconnected)
+        return await admitted(request, model, body, prompt_ids, chat=True)
 
     @router.post("/completions")
     async def completions(request: Request):
-        body = await parse(request, CompletionBody)
+        body = await read(request, CompletionBody)
         model = chat_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
@@ -134,7 +158,7 @@ def openai_router(models: dict[str, ChatModel], api_key: str | None = None) -> A
         prompt_ids = (await run_in_threadpool(model.tokenizer, prompts[0]))["input_ids"]
         if not prompt_ids:
             raise APIError(400, "prompt: the prompt is empty.", param="prompt")
-        return await respond(model, body, prompt_ids, chat=False, gone=request.is_disconnected)
+        return await admitted(request, model, body, prompt_ids, chat=False)
 
     return router
 
@@ -210,10 +234,17 @@ class Generation:
 
 
 async def respond(
-    model: ChatModel, body: Sampling, prompt_ids: list[int], chat: bool, gone: Callable[[], Awaitable[bool]]
+    model: ChatModel,
+    body: Sampling,
+    prompt_ids: list[int],
+    chat: bool,
+    gone: Callable[[], Awaitable[bool]],
+    ticket: Ticket,
+    limits: ServingLimits,
 ):
     """Check the request against the model, then decode it: one JSON response, or a stream of chunks. `gone()`
-    says whether the client went away (Starlette ends a stream itself; a whole reply must ask)."""
+    says whether the client went away (Starlette ends a stream itself; a whole reply must ask). The reply gives
+    back its `ticket` when it ends."""
     if body.n != 1:
         raise APIError(400, f"n: only n=1 is supported, got {body.n}.", param="n", code="unsupported_value")
     if len(prompt_ids) > model.window - 1:  # the reply needs at least one position
@@ -221,10 +252,11 @@ async def respond(
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
     if len(stops) > 4 or any(len(stop) > MAX_STOP_CHARS for stop in stops):  # OpenAI's 4; kept cheap to match
         raise APIError(400, f"stop: at most 4 stop strings of at most {MAX_STOP_CHARS} characters each.", param="stop")
-    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    cap = limits.reply_cap(model.defaults["max_new_tokens"])
+    max_tokens = min(getattr(body, "max_completion_tokens", None) or body.max_tokens or cap, cap)
     settings = dict(
         max_new_tokens=max_tokens,
-        min_new_tokens=body.min_tokens,
+        min_new_tokens=min(body.min_tokens, max_tokens) if body.min_tokens is not None else None,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
@@ -232,7 +264,8 @@ async def respond(
     settings = {name: value for name, value in settings.items() if value is not None}
     request = model.request(prompt_ids, seed=body.seed, **settings)
     generation = Generation(prompt_tokens=len(prompt_ids))
-    pieces = decode_text(model, request, stops, generation)
+    pieces = decode_text(model, request, stops, generation, ticket)
+    ticket.bind(pieces)
     reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     header = {"id": reply_id, "created": created, "model": body.model}
     if body.stream:
@@ -242,9 +275,12 @@ async def respond(
     return await whole_reply(header, pieces, generation, chat, gone)
 
 
-async def decode_text(model: ChatModel, request, stops: list[str], generation: Generation) -> AsyncIterator[str]:
+async def decode_text(
+    model: ChatModel, request, stops: list[str], generation: Generation, ticket: Ticket
+) -> AsyncIterator[str]:
     """The reply's text as it is decoded, up to a stop string; counts tokens and the finish reason into
-    `generation`. Leaving the loop early (a stop string, a client gone) cancels the request."""
+    `generation`. Leaving the loop early (a stop string, a client gone) cancels the request; the end, however it
+    comes, gives back the reply's ticket."""
     decoder, stop = IncrementalDecoder(model.tokenizer), StopStrings(stops)
     tokens = model.scheduler.astream(request)
     try:
@@ -259,6 +295,7 @@ async def decode_text(model: ChatModel, request, stops: list[str], generation: G
         if generation.completion_tokens >= request.max_new_tokens:
             generation.finish_reason = "length"
     finally:
+        ticket.release()
         await tokens.aclose()
 
 

@@ -13,6 +13,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tinygpt.decoding.chat import ChatModel
 from tinygpt.serving.bodies import APIError
+from tinygpt.serving.limits import ServingLimits
 from tinygpt.serving.openai import openai_router
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always accepted in the Host header
@@ -42,13 +43,18 @@ def url_host(host: str) -> str:
 
 
 def create_app(
-    models: dict[str, ChatModel], *, api_key: str | None = None, host: str = "127.0.0.1", allowed_hosts=()
+    models: dict[str, ChatModel],
+    *,
+    api_key: str | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts=(),
+    limits: ServingLimits | None = None,
 ) -> FastAPI:
     """`tinygpt serve`'s app: the /v1 routes alone (no docs pages), behind the Host check."""
     app = FastAPI(
         title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None, middleware=[host_check(host, allowed_hosts)]
     )
-    app.include_router(openai_router(models, api_key))
+    app.include_router(openai_router(models, api_key, limits))
 
     @app.exception_handler(HTTPException)  # an unknown path or method: OpenAI's shape too
     async def http_error(request: Request, error: HTTPException):

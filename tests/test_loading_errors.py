@@ -277,3 +277,40 @@ def test_unseen_characters_become_unk_and_generate_runs(model, tokenizer):
     assert (inputs.input_ids == tokenizer.unk_token_id).sum() == 2
     out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert out.shape == (1, inputs.input_ids.shape[1] + 5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registered classes themselves (AutoModelForCausalLM after `import tinygpt`), without tinygpt's loader
+
+
+@pytest.mark.parametrize(
+    "break_it, expected",
+    [
+        (lambda folder: edit_config(folder, n_layer=3), "missing weight(s)"),  # a block the weights lack
+        (lambda folder: edit_config(folder, n_layer=1), "unexpected weight(s)"),  # an extra block in the weights
+        (lambda folder: edit_config(folder, n_positions=8), "mismatched weight(s)"),
+    ],
+    ids=["missing-block", "extra-block", "wrong-shape"],
+)
+def test_auto_classes_refuse_weights_that_do_not_fit_the_config(broken_folder, break_it, expected):
+    from transformers import AutoModelForCausalLM
+
+    break_it(broken_folder)
+    with pytest.raises(ValueError) as error:
+        AutoModelForCausalLM.from_pretrained(broken_folder)
+    assert_one_line(error, "TinyGPTForCausalLM.from_pretrained", expected)
+
+
+def test_auto_classes_refuse_nan_weights_and_load_a_good_folder(broken_folder, saved_folder, tokenizer):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    diverged = tiny_model(tokenizer, n_positions=WINDOW)
+    with torch.no_grad():
+        diverged.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    diverged.save_pretrained(broken_folder)
+    for auto_class in (AutoModelForCausalLM, AutoModel):
+        with pytest.raises(ValueError) as error:
+            auto_class.from_pretrained(broken_folder)
+        assert_one_line(error, "NaN or infinite")
+    model, info = AutoModelForCausalLM.from_pretrained(saved_folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and model.config.n_layer == 2

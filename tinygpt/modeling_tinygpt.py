@@ -128,6 +128,34 @@ class TinyGPTPreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers fills weights the file lacks with random ones, drops those it has no place for, and only
+        # logs either: a model so loaded would run, and write nonsense. A TinyGPT refuses it, and NaN weights.
+        # (Shapes are compared here too, for a one-line error, unless the caller asked to re-initialise them.)
+        wants_info = kwargs.pop("output_loading_info", False)
+        reinitialise = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        refused = ["missing_keys", "unexpected_keys"] + ([] if reinitialise else ["mismatched_keys"])
+        for kind, fix in (
+            ("missing_keys", "the weights are incomplete or belong to another config"),
+            ("unexpected_keys", "the weights belong to another config"),
+            ("mismatched_keys", "the weights belong to another config"),
+        ):
+            if kind not in refused:
+                continue
+            if names := sorted(str(name if isinstance(name, str) else name[0]) for name in info.get(kind) or []):
+                what = kind.split("_")[0]
+                raise ValueError(
+                    f"{cls.__name__}.from_pretrained: {len(names)} {what} weight(s) against config.json "
+                    f"(n_layer={model.config.n_layer}), such as {names[0]}; {fix}."
+                )
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if not p.is_meta):
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained: the weights hold NaN or infinite values (a run that diverged?)."
+            )
+        return (model, info) if wants_info else model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # register_for_auto_class puts only the saved class in auto_map; name the base model as well so that
         # AutoModel.from_pretrained(..., trust_remote_code=True) works on machines without tinygpt too.

@@ -138,14 +138,13 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
             f"{name_or_path}: n_positions is {config.n_positions}; tinygpt decodes in 2 positions or more."
         )
     check_weights(name_or_path, config, revision)
-    model = TinyGPTForCausalLM.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=False, **model_kwargs
-    ).eval()
-    if not all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters()):
-        raise ModelLoadError(
-            f"{name_or_path}: the weights hold NaN or infinite values (a training run that diverged?); "
-            "load an earlier checkpoint or train again with a lower learning rate."
-        )
+    try:  # the model refuses NaN weights itself (TinyGPTPreTrainedModel.from_pretrained)
+        model = TinyGPTForCausalLM.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=False, **model_kwargs
+        ).eval()
+    except ValueError as error:
+        fix = "load an earlier checkpoint or train again with a lower learning rate"
+        raise ModelLoadError(f"{name_or_path}: {str(error).split(': ', 1)[-1].rstrip('.')}; {fix}.") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as error:

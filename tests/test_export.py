@@ -280,3 +280,24 @@ def test_gguf_of_an_ascii_exact_gelu_chat_model_chats_in_llama_cpp(tmp_path):
     finally:
         llm.close()
     assert reply == "hello!"  # greedy, stopped at <EOS>: what the model learned
+
+
+@pytest.mark.parametrize("format, out_name", [("hf", "plain"), ("gguf", "model.gguf")])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda vocab: vocab | {"Z": vocab["h"]}, "gives id"),  # two tokens, one id
+        (lambda vocab: vocab | {"\ud800": max(vocab.values()) + 1}, "lone surrogate"),
+    ],
+    ids=["shared-id", "lone-surrogate"],
+)
+def test_a_vocabulary_no_file_can_hold_is_refused_in_one_line(edit, message, format, out_name, tmp_path, capsys):
+    model = tmp_path / "model"
+    save_tiny_model(model, char_tokenizer())
+    vocab_file = model / "vocab.json"
+    vocab_file.write_text(json.dumps(edit(json.loads(vocab_file.read_text(encoding="utf-8")))), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["export", str(model), str(tmp_path / out_name), "--format", format]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinygpt export: error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / out_name).exists()

@@ -110,6 +110,7 @@ def export_hf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str = "
 
     `card_settings` (repo_id, space_id, subfolder, endpoint) only change the model card: the repo it shows, the
     Space it links."""
+    check_vocabulary(tokenizer)
     fast = fast_tokenizer(tokenizer, model.config.n_positions)
     gpt2 = to_gpt2(model).to(DTYPES[dtype])
     gpt2.generation_config = generation_config(model.config)
@@ -163,6 +164,27 @@ def to_gpt2(model: TinyGPTForCausalLM) -> GPT2LMHeadModel:
     gpt2.load_state_dict(state, strict=True)
     gpt2.tie_weights()
     return gpt2
+
+
+def check_vocabulary(tokenizer) -> None:
+    """Refuse a vocabulary that no exported file can hold as it is: two tokens sharing one id (an exported
+    tokenizer would keep one of them, and decode the other's text as its), or a token holding a lone surrogate
+    (a "\\ud800" escape in vocab.json, which no UTF-8 file can hold)."""
+    owner: dict[int, str] = {}
+    for token, index in tokenizer.get_vocab().items():
+        if index in owner:
+            raise ExportError(
+                f"the tokenizer gives id {index} to both {owner[index]!r} and {token!r}: give each token its own id "
+                "in vocab.json (or retrain the tokenizer), then export."
+            )
+        owner[index] = token
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ExportError(
+                f"the tokenizer's token {token.encode('utf-8', 'backslashreplace').decode()!r} (id {index}) holds a "
+                "lone surrogate, which no exported file can store: remove it from vocab.json."
+            ) from None
 
 
 def fast_tokenizer(tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
@@ -240,6 +262,7 @@ def export_gguf(model: TinyGPTForCausalLM, tokenizer, out: Path, *, dtype: str =
     except ImportError:
         raise ExportError("GGUF export needs the gguf package: pip install 'tinygpt[export]'.") from None
 
+    check_vocabulary(tokenizer)
     config = model.config
     if config.activation_function == "gelu":
         logger.warning(

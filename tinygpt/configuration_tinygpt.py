@@ -12,6 +12,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 ACTIVATIONS = ("gelu_new", "gelu")  # GPT-2's names: its tanh-approximated GELU, the exact GELU
+# Far past any model this code is for, and small enough that a config naming more (a crafted one) fails here, in a
+# line, rather than after minutes of building, or with an overflow inside torch.
+MAX_LAYERS = 1024
+MAX_MATRIX_ELEMENTS = 1 << 34  # one weight matrix: the embeddings, a block's projections
 
 
 @strict
@@ -53,6 +57,18 @@ class TinyGPTConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"TinyGPTConfig: {name} must be a positive integer, got {value}.")
+        if self.n_layer > MAX_LAYERS:
+            raise ValueError(f"TinyGPTConfig: n_layer must be at most {MAX_LAYERS}, got {self.n_layer}.")
+        for rows, name in (
+            (self.vocab_size, "vocab_size"),
+            (self.n_positions, "n_positions"),
+            (4 * self.n_embd, "4 x n_embd"),
+        ):
+            if rows * self.n_embd > MAX_MATRIX_ELEMENTS:
+                raise ValueError(
+                    f"TinyGPTConfig: {name} x n_embd = {rows} x {self.n_embd} is past the largest weight matrix a "
+                    f"TinyGPT builds ({MAX_MATRIX_ELEMENTS:,} elements)."
+                )
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"TinyGPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "

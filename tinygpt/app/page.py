@@ -60,6 +60,7 @@ from tinygpt.serving.server import host_check  # noqa: E402
 CHAT_CONCURRENCY = 8  # replies generated at once; more wait in the queue
 REPLIES_PER_SESSION = 2  # replies one session (a browser tab, a gradio_client Client) may stream at once
 QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
+OPENS_AT_ONCE = 4  # Loads, Pulls and Pushes run side by side (Gradio's default is one): a slow one holds no other
 
 
 # -- the page -------------------------------------------------------------------------------------------------
@@ -213,18 +214,21 @@ def build_app(
             inputs=local_choice,
             outputs=shown_model,
             api_name=False,
+            concurrency_limit=OPENS_AT_ONCE,
         )
         pull_button.click(
             functools.partial(pull_and_load, allow_server_token=allow_server_token),
             inputs=[pull_repo, pull_revision, pull_token],
             outputs=[*shown_model, pull_token],
             api_name=False,
+            concurrency_limit=OPENS_AT_ONCE,
         )
         push_button.click(
             functools.partial(push, allow_server_token=allow_server_token),
             inputs=[current_model, push_repo, push_token, push_private, push_message, push_space],
             outputs=[push_status, push_token],
             api_name=False,
+            concurrency_limit=OPENS_AT_ONCE,
         )
     return demo
 

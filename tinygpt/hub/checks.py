@@ -13,16 +13,24 @@ No code from a folder ever runs: the installed TinyGPT classes do the loading, a
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
-import jinja2
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from transformers.utils import cached_file
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
+from tinygpt.tokenization_tinygpt import CHAT_TEMPLATE
+
+EXCHANGE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]  # what a template must render
+TEMPLATE_SECONDS = 5  # a template renders one exchange in milliseconds; the rest is for the imports
+TEMPLATE_MEMORY = 2 << 30  # address space of the rendering process, imports included
+TEMPLATE_MAX_CHARS = 1 << 20
 
 
 class ModelLoadError(ValueError):
@@ -83,6 +91,15 @@ def check_weights(name_or_path: str | os.PathLike, config: TinyGPTConfig, revisi
             f"{weights_file}: token embedding is {wte_rows}x{wte_width} but config.json says "
             f"vocab_size={config.vocab_size}, n_embd={config.n_embd}; the weights belong to another config."
         )
+    # The depth, from the names alone, before a model of config.json's depth is even sketched.
+    blocks = {
+        int(name.split(".")[2]) for name in saved if name.startswith("transformer.h.") and name.split(".")[2].isdigit()
+    }
+    if len(blocks) != config.n_layer:
+        raise ModelLoadError(
+            f"{weights_file}: holds {len(blocks)} block(s) but config.json says n_layer={config.n_layer}; "
+            "the weights belong to another config."
+        )
     _check_every_weight(weights_file, saved, config)
 
 
@@ -138,6 +155,7 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
             f"{name_or_path}: n_positions is {config.n_positions}; tinygpt decodes in 2 positions or more."
         )
     check_weights(name_or_path, config, revision)
+    check_generation_config(name_or_path, revision)
     try:  # the model refuses NaN weights itself (TinyGPTPreTrainedModel.from_pretrained)
         model = TinyGPTForCausalLM.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=False, **model_kwargs
@@ -154,19 +172,59 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
     return model, tokenizer
 
 
+def check_generation_config(name_or_path: str | os.PathLike, revision: str | None = None) -> None:
+    """generation_config.json, where there is one, holds settings generation accepts (transformers' own check:
+    max_new_tokens of 0, a negative temperature, ... are refused now, not at the first reply)."""
+    try:
+        GenerationConfig.from_pretrained(name_or_path, revision=revision)
+    except OSError:
+        return  # none: generation uses the model's defaults
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(
+            f"{name_or_path}: generation_config.json is not usable ({str(error).splitlines()[0].rstrip('.')}); "
+            "fix or delete it."
+        ) from None
+
+
 def check_chat_template(tokenizer, where: str | os.PathLike) -> None:
     """A chat template that cannot render one exchange (a syntax error, an exception it raises) is refused now,
-    not at the first chat."""
+    not at the first chat. tinygpt's own template renders here; any other is code from the folder, rendered in a
+    process of its own (render_template.py) with a time and a memory budget, so a template that loops for hours or
+    asks for gigabytes is refused in seconds."""
     if tokenizer.chat_template is None:
         return
+    if tokenizer.chat_template == CHAT_TEMPLATE:
+        tokenizer.apply_chat_template(EXCHANGE, tokenize=False)
+        return
+    request = json.dumps({"template": tokenizer.chat_template, "special_tokens": tokenizer.special_tokens_map})
     try:
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False
+        result = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("render_template.py"))],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=TEMPLATE_SECONDS,
+            preexec_fn=_limit_memory if os.name == "posix" else None,
         )
-    except jinja2.TemplateError as error:
+        answer = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else {}
+    except subprocess.TimeoutExpired:
+        answer = {"error": f"it did not finish within {TEMPLATE_SECONDS} s"}
+    except (ValueError, IndexError):
+        answer = {}
+    if "length" not in answer:
+        reason = answer.get("error") or f"it needed more than {TEMPLATE_MEMORY >> 20} MiB or failed"
+        raise ModelLoadError(f"{where}: its chat template does not render ({reason}); fix chat_template.jinja.")
+    if answer["length"] > TEMPLATE_MAX_CHARS:
         raise ModelLoadError(
-            f"{where}: its chat template does not render ({error}); fix chat_template.jinja."
-        ) from None
+            f"{where}: its chat template renders one short exchange as {answer['length']:,} characters; "
+            "fix chat_template.jinja."
+        )
+
+
+def _limit_memory() -> None:  # in the template's process, before it starts
+    import resource  # POSIX only, as is this hook
+
+    resource.setrlimit(resource.RLIMIT_AS, (TEMPLATE_MEMORY, TEMPLATE_MEMORY))
 
 
 def check_tokenizer_fits(tokenizer, config: TinyGPTConfig, where: str | os.PathLike = "model") -> None:

@@ -34,7 +34,9 @@ from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.data.errors import DataError
 from tinygpt.data.token_stream import corpus_characters
 from tinygpt.data.tokenizers import build_tokenizer
-from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
+from tinygpt.hub.checks import ModelLoadError
+from tinygpt.hub.loader import load, names_hub_repo
+from tinygpt.hub.remote import HubError
 from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
 from tinygpt.tokenization_tinygpt import load_gpt2_chat_tokenizer
 from tinygpt.training.args import (
@@ -85,7 +87,10 @@ def new_model(tokenizer: PreTrainedTokenizerBase, m: ModelArguments) -> TinyGPTF
 
 
 def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTokenizerBase]:
-    """The model and tokenizer `--init_from` names: a tinygpt model, or GPT-2 weights converted to TinyGPT."""
+    """The model and tokenizer `--init_from` names: a tinygpt model, or GPT-2 weights converted to TinyGPT.
+
+    A Hub repo id (owner/name) is a tinygpt model, pulled and checked by the one loader (tinygpt.hub.loader) like
+    every other command's; 'gpt2' and a folder of GPT-2 weights are converted."""
     source = run.model.init_from
     for flag in SHAPE_FLAGS:
         if flag in run.passed:
@@ -93,6 +98,8 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
                 f"--{flag} cannot reshape --init_from {source}; drop --{flag} (the shape comes from the model)."
             )
     overrides = {"dropout": run.model.dropout} if "dropout" in run.passed else {}
+    if names_hub_repo(source):
+        return load(source, **overrides)
     try:
         model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
     except (OSError, ValueError) as error:
@@ -100,7 +107,7 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
             f"--init_from {source}: cannot load it ({str(error).strip().splitlines()[0]})"
         ) from error
     if model_type != "gpt2":
-        return load_model_and_tokenizer(source, **overrides)
+        return load(source, **overrides)
     try:  # before converting the weights: the cheap check first
         tokenizer = load_gpt2_chat_tokenizer(source)
     except (OSError, ValueError) as error:
@@ -134,7 +141,7 @@ def model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None)
 
 def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
     if resume_from is not None:  # the checkpoint holds the tokenizer this run started with
-        return load_model_and_tokenizer(resume_from)
+        return load(resume_from)
     if run.model.init_from is None:
         tokenizer = build_tokenizer(run.data.tokenizer, corpus, bpe_vocab_size=run.data.bpe_vocab_size)
         return new_model(tokenizer, run.model), tokenizer
@@ -355,7 +362,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     wall_start = time.perf_counter() if started_at is None else started_at
     try:
         train(parse_args(argv), wall_start)
-    except (TrainingSetupError, DataError, ModelLoadError, RunWriteError) as error:
+    except (TrainingSetupError, DataError, ModelLoadError, HubError, RunWriteError) as error:
         print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ Design notes
   merges that rebuild each multi-byte character from its bytes (hand-written here: no library converts a char
   vocab to byte-level BPE). llama.cpp has no `<unk>` for BPE: a character outside the vocab is dropped there.
   llama.cpp's gpt2 graph uses the tanh GELU; a model trained with the exact GELU runs there with that
-  approximation (logits move by about 1e-3), and the export says so.
+  approximation (the logits move slightly), and the export says so.
 - Either format is written into a hidden folder beside the destination and renamed into place at the end: a
   failed export (a full disk, a file-size limit) leaves nothing half-written.
 - An input that cannot be exported is an `ExportError` whose message is one line naming the problem and the fix.

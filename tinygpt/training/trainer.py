@@ -31,7 +31,7 @@ from transformers import (
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
-from tinygpt.data.errors import DataError
+from tinygpt.data.errors import DataError, first_line
 from tinygpt.data.token_stream import corpus_characters
 from tinygpt.data.tokenizers import build_tokenizer
 from tinygpt.hub.checks import ModelLoadError
@@ -103,22 +103,20 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
     try:
         model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
     except (OSError, ValueError) as error:
-        raise TrainingSetupError(
-            f"--init_from {source}: cannot load it ({str(error).strip().splitlines()[0]})"
-        ) from error
+        raise TrainingSetupError(f"--init_from {source}: cannot load it ({first_line(error)})") from error
     if model_type != "gpt2":
         return load(source, **overrides)
     try:  # before converting the weights: the cheap check first
         tokenizer = load_gpt2_chat_tokenizer(source)
     except (OSError, ValueError) as error:
         raise TrainingSetupError(
-            f"--init_from {source} holds GPT-2 weights but no tokenizer ({str(error).strip().splitlines()[0]}); "
+            f"--init_from {source} holds GPT-2 weights but no tokenizer ({first_line(error)}); "
             "copy GPT-2's vocab.json and merges.txt into it."
         ) from error
     try:
         model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
     except (OSError, ValueError, SafetensorError) as error:  # no weights, truncated ones, missing ones, another block
-        raise TrainingSetupError(f"--init_from {source}: {str(error).strip().splitlines()[0]}") from None
+        raise TrainingSetupError(f"--init_from {source}: {first_line(error)}") from None
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # room for the chat tokens
     for config in (model.config, model.generation_config):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

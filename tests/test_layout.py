@@ -1,5 +1,5 @@
 """The package's layout rules, checked on the source: layers whose imports point down, no import cycle, no module
-over 400 lines, and remote-code files that hold the model contract only.
+over 400 lines, remote-code files that hold the model contract only, and one loader.
 
 The layers, bottom to top (a module may import its own layer and those below, never one above):
 
@@ -121,6 +121,31 @@ def test_remote_code_files_hold_no_training_code():
     source = "".join((PACKAGE / f"{name}.py").read_text(encoding="utf-8") for name in REMOTE_CODE)
     for training_name in ("build_tokenizer", "DataError", "train_bpe_tokenizer", "BpeTrainer", "encode_conversations"):
         assert training_name not in source, f"{training_name} belongs in tinygpt.data, not in uploaded remote code"
+
+
+def names_used(path: Path) -> set[str]:
+    """Every name a module imports, reads or takes as an attribute (comments and strings left out)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.alias):
+            names.add(node.name)
+    return names
+
+
+def test_only_the_one_loader_calls_the_checked_load():
+    """Every entry point (commands, app, export, train.py's --init_from and resume) loads a model through
+    tinygpt.hub.loader.load, which pulls a Hub repo id with pull_model's checks: none calls the checks' own
+    load_model_and_tokenizer, which would take a repo id straight to from_pretrained."""
+    callers = [
+        module
+        for module, path in modules().items()
+        if module not in ("tinygpt.hub.checks", "tinygpt.hub.loader") and "load_model_and_tokenizer" in names_used(path)
+    ]
+    assert not callers, f"load through tinygpt.hub.loader.load, not load_model_and_tokenizer: {callers}"
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):

@@ -7,14 +7,12 @@ and the app's temp dir, a model with mismatched shapes listed first, a symlink o
 folder beside it that no visitor may load.
 """
 
-import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +25,7 @@ from huggingface_hub import HfApi
 
 import tinygpt
 from tests.chat_fixtures import REPO, trained_chat_model
-from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url, start_fake_hub
+from tests.fake_hub import TOKEN, WRONG_TOKEN, closed_port_url, commit_raw, start_fake_hub
 from tests.servers import free_port, wait_until_answering
 from tinygpt.hub.push import push_model
 from tinygpt.hub.remote import HubError
@@ -275,23 +273,6 @@ def test_push_uploads_the_packages_own_code_not_the_folders(hub, model_dir, tmp_
     for module in ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt"):
         uploaded = Path(api.hf_hub_download("alice/own-code", f"{module}.py")).read_bytes()
         assert uploaded == (Path(tinygpt.__file__).parent / f"{module}.py").read_bytes()
-
-
-def commit_raw(hub: str, repo_id: str, files: dict[str, bytes]) -> None:
-    """A commit straight to the fake hub's API (huggingface_hub itself refuses such paths on upload)."""
-    lines = [{"key": "header", "value": {"summary": "raw", "description": ""}}]
-    lines += [
-        {"key": "file", "value": {"path": path, "content": base64.b64encode(content).decode(), "encoding": "base64"}}
-        for path, content in files.items()
-    ]
-    request = urllib.request.Request(
-        f"{hub}/api/models/{repo_id}/commit/main",
-        data="\n".join(json.dumps(line) for line in lines).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,18 @@ def train_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run_train(*args: str, cwd: Path, timeout: float = 300, torchrun_processes: int = 0) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` (or `torchrun --nproc_per_node=N train.py ARGS`) in cwd; output captured as text."""
+def run_train(
+    *args: str, cwd: Path, timeout: float = 300, torchrun_processes: int = 0, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` (or `torchrun --nproc_per_node=N train.py ARGS`) in cwd; output captured as text.
+    `env` overrides train_env()'s variables (e.g. HF_HUB_OFFLINE="0" and HF_ENDPOINT for a fake hub)."""
     launcher = [sys.executable]
     if torchrun_processes:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_processes}"]
     return subprocess.run(
         [*launcher, str(TRAIN_PY), *map(str, args)],
         cwd=cwd,
-        env=train_env(),
+        env={**train_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

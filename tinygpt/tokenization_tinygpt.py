@@ -107,7 +107,7 @@ class TinyGPTCharTokenizer(PreTrainedTokenizer):
 
     def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
         # One dict lookup per character: the base class goes through several calls per token, which made
-        # encoding Tiny Shakespeare (1M characters) take over a second. Special tokens are in self.encoder too.
+        # encoding a whole corpus slow. Special tokens are in self.encoder too.
         if isinstance(tokens, str):
             return self._convert_token_to_id(tokens)
         unk_id = self.encoder[UNK]

@@ -22,10 +22,10 @@ from huggingface_hub import constants  # noqa: E402
 
 from tinygpt.decoding.chat import ChatModel, DecodingOptions  # noqa: E402
 from tinygpt.decoding.sampling import settings_from  # noqa: E402
-from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
-from tinygpt.hub.loader import model_folder  # noqa: E402
+from tinygpt.hub.checks import ModelLoadError  # noqa: E402
+from tinygpt.hub.loader import load, model_folder  # noqa: E402
 from tinygpt.hub.push import push_model  # noqa: E402
-from tinygpt.hub.remote import HubError, pull_model, validate_repo_id
+from tinygpt.hub.remote import HubError, pull_model, validate_repo_id  # noqa: E402
 from tinygpt.hub.space import space_url  # noqa: E402
 
 METRICS_FILES = ("metrics.json", "all_results.json", "eval_results.json")  # train.py's, then the Trainer's
@@ -82,7 +82,7 @@ def load_model(folder: str):
 @functools.lru_cache(maxsize=3)
 def _load_cached(folder: str, weights_mtime_ns: int):
     # Keyed by the weights' mtime too: a folder retrained while the app runs is read again.
-    return load_model_and_tokenizer(folder)
+    return load(folder)
 
 
 def chat_model(folder: str, options: DecodingOptions) -> ChatModel:

@@ -136,7 +136,7 @@ def encode_conversations(tokenizer, conversations: list[list[dict]], max_length:
     prompt supplies), system and user turns get -100. (transformers' `return_assistant_tokens_mask` would need
     {% generation %} tags and a fast tokenizer; the char tokenizer is not one.) Both lists are cut to `max_length`. The
     messages must have been checked (tinygpt.data checks them as it reads them).
-    Rendering and tokenizing a batch at once is about twice as fast as one conversation at a time.
+    A whole batch is rendered and tokenized at once: far fewer Python calls than one conversation at a time.
     """
     texts = tokenizer.apply_chat_template(conversations, tokenize=False)
     all_input_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]

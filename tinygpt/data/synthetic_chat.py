@@ -12,8 +12,8 @@ Users dress each core question up: a lead-in ("quick question: ", "tinygpt, ", .
 for greetings the punctuation. The held-out questions are dressed questions that never occur in training,
 whose core does occur there under other dress: "Tinygpt, add 6 and 7." is new, but the sum is taught by
 "add 6 and 7." and "so add 6 and 7.", and the lead-in by other questions. So the exam asks whether the model
-learned the facts and operations apart from their wording, at a scale a ~0.4M-parameter character model
-learns in a couple of minutes on a CPU (the "tiny" preset; the README has the measured figures).
+learned the facts and operations apart from their wording, at a scale a small character model learns quickly
+on a CPU (the "tiny" preset; the README has the measured figures).
 After training, `exact_match` asks the held-out questions with greedy decoding and scores the exact replies.
 """
 

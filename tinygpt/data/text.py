@@ -18,7 +18,7 @@ from tinygpt.data.errors import DataError, first_line
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")  # where cut_text may cut the text
 CHUNK_FEATURES = datasets.Features({"text": datasets.Value("large_string")})  # one type, so sources concatenate
-CHUNK_CHARS = 1 << 20  # characters a chunk row holds, about: small enough to tokenize in a few MB of RAM
+CHUNK_CHARS = 1 << 20  # characters a chunk row holds, about: small enough to tokenize with little RAM
 
 
 def text_documents(
@@ -97,7 +97,7 @@ def _file_chunks(sources: list[str], followed: bool) -> datasets.Dataset:
             _chunk_rows,
             features=CHUNK_FEATURES,
             gen_kwargs={"sources": keyed},
-            writer_batch_size=16,  # rows of ~1 MB: datasets' default of 1,000 rows a write held 1 GB in memory
+            writer_batch_size=16,  # rows are big chunks: datasets' default rows per write would hold them all in RAM
         )
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__

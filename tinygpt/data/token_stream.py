@@ -85,7 +85,7 @@ def tokenize_corpus(
         _encode_rows,
         fn_kwargs={"tokenizer": tokenizer, "dtype": dtype},
         batched=True,
-        batch_size=8,  # 8 chunks of ~1M characters: a few MB of text and ids in flight per process
+        batch_size=8,  # a few chunks at a time: each process holds little text and few ids in memory
         writer_batch_size=8,
         remove_columns=["text"],
         features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value(dtype))}),

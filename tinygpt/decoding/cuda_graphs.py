@@ -1,8 +1,8 @@
 """The engine's device plumbing on CUDA: steps recorded as CUDA graphs, and tokens copied to the host while the
 next replay runs.
 
-Why: a 10M-parameter model's decode step is ~60 small kernels; launched one by one from Python they cost more
-than they compute. Recorded once as a graph, a step (or several) is one launch. And the host must read each
+Why: a small model's decode step is many small kernels; launched one by one from Python they cost more than
+they compute (the README's performance section). Recorded once as a graph, a step (or several) is one launch. And the host must read each
 replay's tokens without waiting for the replay queued after it: pinned buffers and one event per copy.
 """
 

@@ -1,8 +1,8 @@
 """The decoding engine: every text tinygpt writes comes out of `Engine` (chat and the app, `tinygpt generate` and
 `serve`, the exam and the sample after training, the benchmarks).
 
-Why not `generate()`? For a 10M-parameter model the model is the cheap part: per token, `generate()` runs logits
-processors, stopping criteria and cache bookkeeping in Python, which costs far more than six small transformer
+Why not `generate()`? For a small model the model is the cheap part: per token, `generate()` runs logits
+processors, stopping criteria and cache bookkeeping in Python, which costs more than a few small transformer
 layers. `generate()`, pipelines and streamers still work on the model (they are HF's own); this loop keeps only
 what a text needs and puts everything that decides how text is decoded in one object:
 
@@ -117,7 +117,7 @@ class Engine:
             for rows in self.buckets
         }
         if use_compile and device.type == "cuda":
-            # Eager, a prefill costs about as many kernel launches as 25 tokens: encode it as one graph over the
+            # Eager, a prefill launches kernels like a run of decode steps: encode it as one graph over the
             # context right-padded to a fixed length instead, the shortest of a few spans (64, 128, ... the window)
             # that holds it (the padding's keys land past the context, where no step looks).
             self.padded_prompt = torch.zeros((1, self.window), dtype=torch.long, device=device)

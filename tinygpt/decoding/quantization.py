@@ -1,8 +1,8 @@
 """Int8 weight-only copies of a model, for batch-1 decoding on a CPU (`Engine(..., int8_weights=True)`).
 
-Why: a decoded token reads every weight once. In fp32 the 10.7M-parameter Shakespeare model is 43 MB a token,
-more than the L3 cache of the machines we measured, so CPU decoding runs at memory speed. Int8 weights with one
-scale per output row are a quarter of that and stay in cache. Compiled with inductor's `max_autotune` and
+Why: a decoded token reads every weight once. In fp32 even a small model's weights outgrow a CPU's last-level
+cache, so CPU decoding runs at memory speed. Int8 weights with one scale per output row are a quarter of the
+bytes and can stay in cache. Compiled with inductor's `max_autotune` and
 `freezing`, `torch._weight_int8pack_mm` becomes a C++ matrix-vector kernel that widens the int8 weights in
 registers (the speed-up is in the README, from benchmarks/bench_generate.py).
 

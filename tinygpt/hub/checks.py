@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from transformers.utils import cached_file
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
+from tinygpt.data.errors import first_line
 from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
 from tinygpt.tokenization_tinygpt import CHAT_TEMPLATE
 
@@ -51,15 +52,13 @@ def load_config(name_or_path: str | os.PathLike, revision: str | None = None) ->
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except ValueError as error:  # includes unknown model types; check the raw field for a friendlier line
-        raise ModelLoadError(
-            f"{name_or_path}: config.json is not a tinygpt config ({str(error).splitlines()[0]})"
-        ) from error
+        raise ModelLoadError(f"{name_or_path}: config.json is not a tinygpt config ({first_line(error)})") from error
     except StrictDataclassError as error:  # a field of the wrong type, e.g. "n_layer": "2"; the last line names it
         raise ModelLoadError(
             f"{name_or_path}: config.json has a bad field ({str(error).splitlines()[-1].strip()})"
         ) from error
     except OSError as error:
-        raise ModelLoadError(f"{name_or_path}: no config.json found ({str(error).splitlines()[0]})") from error
+        raise ModelLoadError(f"{name_or_path}: no config.json found ({first_line(error)})") from error
     if config.model_type != TinyGPTConfig.model_type:
         raise ModelLoadError(
             f"{name_or_path}: config.json has model_type {config.model_type!r}, not 'tinygpt'; "
@@ -77,7 +76,7 @@ def check_weights(name_or_path: str | os.PathLike, config: TinyGPTConfig, revisi
             raise ModelLoadError(
                 f"{name_or_path}: no model.safetensors; save the model there (save_pretrained) or pick its folder."
             ) from error
-        raise ModelLoadError(f"{name_or_path}: no model.safetensors ({str(error).splitlines()[0]})") from error
+        raise ModelLoadError(f"{name_or_path}: no model.safetensors ({first_line(error)})") from error
     try:
         with safe_open(weights_file, framework="pt") as weights:
             saved = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
@@ -166,7 +165,7 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, revision: str | No
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"{name_or_path}: no usable tokenizer ({str(error).splitlines()[0]})") from error
+        raise ModelLoadError(f"{name_or_path}: no usable tokenizer ({first_line(error)})") from error
     check_tokenizer_fits(tokenizer, config, name_or_path)
     check_chat_template(tokenizer, name_or_path)
     return model, tokenizer

@@ -18,7 +18,7 @@ Design notes
   merges that rebuild each multi-byte character from its bytes (hand-written here: no library converts a char
   vocab to byte-level BPE). llama.cpp has no `<unk>` for BPE: a character outside the vocab is dropped there.
   llama.cpp's gpt2 graph uses the tanh GELU; a model trained with the exact GELU runs there with that
-  approximation (logits move by about 1e-3), and the export says so.
+  approximation (the logits move slightly), and the export says so.
 - Either format is written into a hidden folder beside the destination and renamed into place at the end: a
   failed export (a full disk, a file-size limit) leaves nothing half-written.
 - An input that cannot be exported is an `ExportError` whose message is one line naming the problem and the fix.
@@ -37,7 +37,9 @@ from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrain
 from transformers.utils import logging as transformers_logging
 
 from tinygpt.hub.card import model_card
-from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
+from tinygpt.hub.checks import ModelLoadError
+from tinygpt.hub.loader import load
+from tinygpt.hub.remote import HubError
 from tinygpt.hub.space import space_url
 from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
 from tinygpt.tokenization_tinygpt import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PAD, UNK, USER, TinyGPTCharTokenizer
@@ -97,8 +99,8 @@ def load_for_export(model_dir):
         raise ExportError(f"{model_dir} is not a folder: pass the folder a TinyGPT model was saved to.")
     transformers_logging.disable_progress_bar()
     try:
-        return load_model_and_tokenizer(model_dir)
-    except ModelLoadError as error:
+        return load(model_dir)
+    except (ModelLoadError, HubError) as error:
         raise ExportError(str(error)) from None
 
 

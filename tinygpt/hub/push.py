@@ -4,6 +4,7 @@ huggingface_hub does the work (`HfApi.create_repo(exist_ok=True)` + one `upload_
 holding exactly what goes up). The errors are tinygpt.hub.remote's one-line `HubError`s.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,15 +18,7 @@ from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.hub.card import model_card
 from tinygpt.hub.checks import ModelLoadError, check_weights, load_config
 from tinygpt.hub.export import ExportError, export_to_temp, load_for_export
-from tinygpt.hub.remote import (
-    CODE_MODULES,
-    MODEL_FILES,
-    HubError,
-    hub_errors,
-    public_url,
-    read_json,
-    validate_repo_id,
-)
+from tinygpt.hub.remote import CODE_MODULES, MODEL_FILES, HubError, hub_errors, public_url, validate_repo_id
 from tinygpt.hub.space import push_space, space_url
 
 # tinygpt's own code files, uploaded from the installed package for the modules a saved auto_map names.
@@ -154,6 +147,11 @@ def _code_modules(model_dir: Path, config: TinyGPTConfig) -> list[str]:
                 )
             modules.add(module)
     return sorted(modules)
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _card_is_tinygpts(readme: Path) -> bool:

@@ -29,7 +29,6 @@ Design notes
 """
 
 import contextlib
-import json
 import posixpath
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -173,11 +172,6 @@ def _check_file_names(repo_id: str, names: list[str]) -> None:
                 f"{repo_id} lists a file named {name!r}, outside the repo's folder: refusing to pull it "
                 "(nothing was written)."
             )
-
-
-def read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from tinygpt.configuration_tinygpt import ACTIVATIONS
+from tinygpt.data.errors import first_line
 from tinygpt.training.presets import DEFAULT_PRESET, PRESETS, describe_presets
 
 LATEST = "latest"  # --resume_from_checkpoint with no path, or with this word: the newest complete checkpoint
@@ -216,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
     except ValueError as error:  # TrainingArguments' own checks of flag combinations
-        raise TrainingSetupError(str(error).strip().splitlines()[0]) from error
+        raise TrainingSetupError(first_line(error)) from error
     use_cuda_graphs(training_args, policy, PRESETS[preset_name].cuda_compile, passed)
     return RunArguments(model_args, data_args, training_args, passed, policy)
 

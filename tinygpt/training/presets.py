@@ -5,7 +5,7 @@ user types (model shape, data or any `TrainingArguments` field) overrides the pr
 shows the values the chosen preset gives.
 
     tiny              the default: learns the built-in synthetic chat task on 2 CPU cores in a few minutes
-    shakespeare-cpu   nanoGPT's CPU recipe for Tiny Shakespeare (characters), tuned to reach val loss 1.70
+    shakespeare-cpu   nanoGPT's CPU recipe for Tiny Shakespeare (characters), retuned for a small CPU
     shakespeare-char  nanoGPT's GPU recipe for Tiny Shakespeare (characters), 10.7M parameters
     gpt2-small        GPT-2 small's shape (124M) with GPT-2's tokenizer
 """
@@ -37,15 +37,15 @@ class Preset:
     block_size: int  # context window (n_positions) and training window length
     dropout: float = 0.0
     bias: bool = True
-    activation_function: str = "gelu_new"  # GPT-2's tanh GELU; "gelu" (exact) is ten times cheaper on CPUs
+    activation_function: str = "gelu_new"  # GPT-2's tanh GELU; "gelu" (exact) is much cheaper on CPUs
     muon_lr: float | None = (
         None  # Muon for the blocks' weight matrices at this rate (tinygpt.training.muon); None: AdamW
     )
     tokenizer: str = "char"
     eval_windows: int = 256  # validation windows scored at each evaluation: a fixed set, so evaluations compare
     # How the preset compiles on a CUDA GPU (None: eager): "cudagraphs" replays the traced forward/backward as
-    # recorded (compiles in seconds; for small models, whose steps are bound by kernel launches), "inductor"
-    # generates fused kernels (tens of seconds of compiling; for big kernels, where graphs no longer pay).
+    # recorded (a quick compile; for small models, whose steps are bound by kernel launches), "inductor"
+    # generates fused kernels (a long compile; for big kernels, where graphs no longer pay).
     cuda_compile: str | None = None
     training: dict = field(default_factory=dict)
 
@@ -60,8 +60,8 @@ class Preset:
 
 
 PRESETS = {
-    # Sized so that the synthetic task's held-out exam is passed well within 5 minutes on 2 CPU cores (the
-    # README's figures: benchmarks/bench_train_cpu.py).
+    # Sized so that a small CPU passes the synthetic task's held-out exam in a few minutes (the README's
+    # figures: benchmarks/bench_train_cpu.py).
     "tiny": Preset(
         description="default: the built-in synthetic chat task on 2 CPU cores in a few minutes",
         n_layer=2,
@@ -117,15 +117,15 @@ PRESETS = {
         n_embd=384,
         block_size=256,
         dropout=0.2,
-        bias=False,  # as nanoGPT, whose count (10.65M) this preset matches
+        bias=False,  # as nanoGPT, so that the parameter count matches its model's
         eval_windows=2048,
-        # "cudagraphs" compiles in a third of inductor's time for slightly slower steps: for a run this short
-        # that is the faster whole run (the README's performance section; benchmarks/bench_train_gpu.py).
+        # "cudagraphs" compiles much sooner than inductor for slightly slower steps: for a run this short that
+        # is the faster whole run (the README's performance section; benchmarks/bench_train_gpu.py).
         cuda_compile="cudagraphs",
         training=dict(
-            # nanoGPT's recipe, with the cosine schedule ended at 2500 steps instead of 5000: this model peaks on
-            # validation near step 2000 and then overfits, so decaying the rate there gives a lower minimum
-            # (benchmarks/bench_train_gpu.py).
+            # nanoGPT's recipe, with the cosine schedule ended at 2500 steps instead of 5000: this model reaches
+            # its best validation loss well before nanoGPT's end and then overfits, so decaying the rate by then
+            # gives a lower minimum (the README's figures; benchmarks/bench_train_gpu.py).
             max_steps=2500,
             per_device_train_batch_size=64,
             per_device_eval_batch_size=256,
@@ -151,9 +151,9 @@ PRESETS = {
         training=dict(
             max_steps=5000,
             # 32K tokens a step in one micro-batch rather than 8 x 1024 x 4: each kernel launch carries 4x the
-            # work, so the GPU no longer waits for the host (the README's performance section). About 21 GiB of
-            # GPU memory; on a smaller GPU pass --per_device_train_batch_size 8 --gradient_accumulation_steps 4
-            # for the same step.
+            # work, so the GPU no longer waits for the host (the README's performance section, with the peak
+            # memory). On a GPU too small for it, pass --per_device_train_batch_size 8
+            # --gradient_accumulation_steps 4 for the same step.
             per_device_train_batch_size=32,
             per_device_eval_batch_size=32,
             gradient_accumulation_steps=1,

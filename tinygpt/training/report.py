@@ -3,7 +3,7 @@ leaves beside its model: loss.png, metrics.json and the model card (README.md).
 
 All three are built from the Trainer's `log_history` and one `RunSummary`, so they always agree. The model
 card is tinygpt.hub.card's, the one every model folder gets; the plot goes through a bare matplotlib Figure, which renders straight to the file (no pyplot, no
-display, and matplotlib is only imported when the plot is drawn: it costs a second of start-up otherwise).
+display, and matplotlib is only imported when the plot is drawn: importing it would slow every start-up).
 """
 
 import json

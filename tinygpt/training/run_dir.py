@@ -161,10 +161,6 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    return checkpoint_problem(path) is None
-
-
 def checkpoint_to_resume(requested: str | None, output_dir: Path) -> tuple[str | None, str]:
     """(the checkpoint folder to resume from or None to start fresh, a line telling the user which)."""
     if requested is None:

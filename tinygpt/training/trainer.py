@@ -31,10 +31,12 @@ from transformers import (
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
-from tinygpt.data.errors import DataError
+from tinygpt.data.errors import DataError, first_line
 from tinygpt.data.token_stream import corpus_characters
 from tinygpt.data.tokenizers import build_tokenizer
-from tinygpt.hub.checks import ModelLoadError, load_model_and_tokenizer
+from tinygpt.hub.checks import ModelLoadError
+from tinygpt.hub.loader import load, names_hub_repo
+from tinygpt.hub.remote import HubError
 from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
 from tinygpt.tokenization_tinygpt import load_gpt2_chat_tokenizer
 from tinygpt.training.args import (
@@ -85,7 +87,10 @@ def new_model(tokenizer: PreTrainedTokenizerBase, m: ModelArguments) -> TinyGPTF
 
 
 def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTokenizerBase]:
-    """The model and tokenizer `--init_from` names: a tinygpt model, or GPT-2 weights converted to TinyGPT."""
+    """The model and tokenizer `--init_from` names: a tinygpt model, or GPT-2 weights converted to TinyGPT.
+
+    A Hub repo id (owner/name) is a tinygpt model, pulled and checked by the one loader (tinygpt.hub.loader) like
+    every other command's; 'gpt2' and a folder of GPT-2 weights are converted."""
     source = run.model.init_from
     for flag in SHAPE_FLAGS:
         if flag in run.passed:
@@ -93,25 +98,25 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
                 f"--{flag} cannot reshape --init_from {source}; drop --{flag} (the shape comes from the model)."
             )
     overrides = {"dropout": run.model.dropout} if "dropout" in run.passed else {}
+    if names_hub_repo(source):
+        return load(source, **overrides)
     try:
         model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
     except (OSError, ValueError) as error:
-        raise TrainingSetupError(
-            f"--init_from {source}: cannot load it ({str(error).strip().splitlines()[0]})"
-        ) from error
+        raise TrainingSetupError(f"--init_from {source}: cannot load it ({first_line(error)})") from error
     if model_type != "gpt2":
-        return load_model_and_tokenizer(source, **overrides)
+        return load(source, **overrides)
     try:  # before converting the weights: the cheap check first
         tokenizer = load_gpt2_chat_tokenizer(source)
     except (OSError, ValueError) as error:
         raise TrainingSetupError(
-            f"--init_from {source} holds GPT-2 weights but no tokenizer ({str(error).strip().splitlines()[0]}); "
+            f"--init_from {source} holds GPT-2 weights but no tokenizer ({first_line(error)}); "
             "copy GPT-2's vocab.json and merges.txt into it."
         ) from error
     try:
         model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
     except (OSError, ValueError, SafetensorError) as error:  # no weights, truncated ones, missing ones, another block
-        raise TrainingSetupError(f"--init_from {source}: {str(error).strip().splitlines()[0]}") from None
+        raise TrainingSetupError(f"--init_from {source}: {first_line(error)}") from None
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # room for the chat tokens
     for config in (model.config, model.generation_config):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -134,7 +139,7 @@ def model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None)
 
 def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
     if resume_from is not None:  # the checkpoint holds the tokenizer this run started with
-        return load_model_and_tokenizer(resume_from)
+        return load(resume_from)
     if run.model.init_from is None:
         tokenizer = build_tokenizer(run.data.tokenizer, corpus, bpe_vocab_size=run.data.bpe_vocab_size)
         return new_model(tokenizer, run.model), tokenizer
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     wall_start = time.perf_counter() if started_at is None else started_at
     try:
         train(parse_args(argv), wall_start)
-    except (TrainingSetupError, DataError, ModelLoadError, RunWriteError) as error:
+    except (TrainingSetupError, DataError, ModelLoadError, HubError, RunWriteError) as error:
         print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

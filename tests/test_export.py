@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tests.tiny_models import save_tiny_model
 from tinygpt import CHAT_TEMPLATE, TinyGPTCharTokenizer, TinyGPTConfig, TinyGPTForCausalLM, load_gpt2_chat_tokenizer
 from tinygpt.cli import main
-from tinygpt.hub.export import to_gpt2
+from tinygpt.hub.export_hf import to_gpt2
 
 # CJK, accents, a 4-byte emoji, special tokens inside text, and characters no corpus below holds (-> <unk>).
 TEXT = "hello 你好世界, <user>: é ü 😀 <EOS>\n\tok 한국어 ∑ <unk>"

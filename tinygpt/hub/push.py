@@ -2,6 +2,17 @@
 
 huggingface_hub does the work (`HfApi.create_repo(exist_ok=True)` + one `upload_folder` of a staging folder
 holding exactly what goes up). The errors are tinygpt.hub.remote's one-line `HubError`s.
+
+Design notes
+- What goes up: the weights, config.json, generation_config.json, the tokenizer files, tinygpt's own code files
+  for the modules `auto_map` names (so `trust_remote_code=True` works where tinygpt is not installed) and a
+  README.md model card, generated when the folder has none. The code files come from the installed package,
+  never from the folder or from a path a config names: an `auto_map` naming any other module is refused, so a
+  push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
+  the folder itself is never written to: the card is written into the staging folder, and goes up in the same
+  commit as the files.
+- `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.hub.export_hf),
+  and a Gradio Space running that folder at this commit is created after it (tinygpt.hub.space).
 """
 
 import json

@@ -6,15 +6,6 @@ checks what comes down and turns the library's exceptions into a `HubError` whos
 the fix.
 
 Design notes
-- What goes up: the weights, config.json, generation_config.json, the tokenizer files, tinygpt's own code files
-  for the modules `auto_map` names (so `trust_remote_code=True` works where tinygpt is not installed) and a
-  README.md model card, generated when the folder has none. The code files come from the installed package,
-  never from the folder or from a path a config names: an `auto_map` naming any other module is refused, so a
-  push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
-  the folder itself is never written to: the card is written into the staging folder, and goes up in the same
-  commit as the files.
-- `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.hub.export),
-  and a Gradio Space running that folder at this commit is created after it (tinygpt.hub.space).
 - What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
   error, not a stale cached copy returned in silence (snapshot_download's fallback); the error says when a
   cached copy exists and how to use it (HF_HUB_OFFLINE=1). A repo whose file list names an absolute path or

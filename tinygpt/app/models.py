@@ -11,9 +11,12 @@ that open (Load, Pull) and push them.
   reply joins). Both are keyed by the weights' mtime too, so a folder retrained while the app runs is read again.
 """
 
-import functools
+import atexit
 import json
 import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import: this module may come first
@@ -74,26 +77,86 @@ def open_model(source: str, revision: str | None = None, token: str | None = Non
 
 
 def load_model(folder: str):
-    """(model, tokenizer) of a folder, from the cache while its weights file is unchanged."""
-    weights = Path(folder) / "model.safetensors"
-    return _load_cached(folder, weights.stat().st_mtime_ns if weights.is_file() else 0)
+    """(model, tokenizer) of a folder, from the open models while its weights file is unchanged."""
+    return OPEN_MODELS.entry(folder).loaded
 
 
-@functools.lru_cache(maxsize=3)
-def _load_cached(folder: str, weights_mtime_ns: int):
-    # Keyed by the weights' mtime too: a folder retrained while the app runs is read again.
-    return load(folder)
+def chat_model(folder: str, options: DecodingOptions, *, pin: bool = False) -> ChatModel:
+    """The folder's model ready to chat with these options (placed on first use), from the open models. `pin`:
+    never closed to make room (the model app.py serves on its API)."""
+    entry = OPEN_MODELS.entry(folder, pin=pin)
+    with OPEN_MODELS.lock:
+        if options not in entry.chats:
+            entry.chats[options] = ChatModel(*entry.loaded, options)
+        return entry.chats[options]
 
 
-def chat_model(folder: str, options: DecodingOptions) -> ChatModel:
-    """The folder's model ready to chat with these options (placed on first use), from the cache."""
-    weights = Path(folder) / "model.safetensors"
-    return _chat_model_cached(folder, weights.stat().st_mtime_ns if weights.is_file() else 0, options)
+@dataclass
+class OpenModel:
+    loaded: tuple  # (model, tokenizer), as the one loader gives them
+    nbytes: int  # its weights' size
+    chats: dict = field(default_factory=dict)  # DecodingOptions -> ChatModel, each with its scheduler thread
+    pinned: bool = False
 
 
-@functools.lru_cache(maxsize=3)
-def _chat_model_cached(folder: str, weights_mtime_ns: int, options: DecodingOptions) -> ChatModel:
-    return ChatModel(*_load_cached(folder, weights_mtime_ns), options)
+class OpenModels:
+    """The models the app holds, the most recently used last, at most `max_models` of them and `max_bytes` of
+    weights. Making room closes what it drops: each ChatModel's scheduler thread ends (once its replies in flight
+    are done, in the background) and its weights, engine and KV cache go with it. Hand-written: functools'
+    lru_cache drops an entry without a word, which is how evicted models used to keep their threads and memory."""
+
+    def __init__(self, max_models: int = 3, max_bytes: int | None = None):
+        self.max_models, self.max_bytes = max_models, max_bytes or memory_budget()
+        self.entries: OrderedDict[tuple, OpenModel] = OrderedDict()
+        self.lock = threading.RLock()
+
+    def entry(self, folder: str, pin: bool = False) -> OpenModel:
+        weights = Path(folder) / "model.safetensors"
+        key = (folder, weights.stat().st_mtime_ns if weights.is_file() else 0)  # a retrained folder is read again
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                self.entries[key].pinned |= pin
+                return self.entries[key]
+        loaded = load(folder)  # outside the lock: one slow load holds no other visitor's
+        nbytes = sum(parameter.numel() * parameter.element_size() for parameter in loaded[0].parameters())
+        with self.lock:
+            entry = self.entries.setdefault(key, OpenModel(loaded, nbytes, pinned=pin))
+            self.entries.move_to_end(key)
+            self.make_room(keep=key)
+            return entry
+
+    def make_room(self, keep: tuple) -> None:
+        def too_much() -> bool:
+            total = sum(entry.nbytes for entry in self.entries.values())
+            return len(self.entries) > self.max_models or total > self.max_bytes
+
+        for key in list(self.entries):
+            if not too_much():
+                return
+            if key != keep and not self.entries[key].pinned:
+                for chat in self.entries.pop(key).chats.values():
+                    threading.Thread(target=chat.close, name="tinygpt-close", daemon=True).start()
+
+    def close(self) -> None:
+        """Close every open model's schedulers: at exit, a scheduler thread still running can abort the process."""
+        with self.lock:
+            entries, self.entries = list(self.entries.values()), OrderedDict()
+        for entry in entries:
+            for chat in entry.chats.values():
+                chat.close()
+
+
+def memory_budget() -> int:
+    """Half the machine's memory, for the weights the app keeps open (their engines' caches come on top)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+OPEN_MODELS = OpenModels()
+atexit.register(OPEN_MODELS.close)
 
 
 def chat_controls(folder: str | None) -> tuple[float, int, float, int]:

@@ -304,7 +304,7 @@ def launch(
             print(f"skipping {error}", file=sys.stderr)
     api_models = {}
     if model_folder is not None:
-        api_models[model or model_folder] = chat_model(model_folder, options)  # the browser's ChatModel too
+        api_models[model or model_folder] = chat_model(model_folder, options, pin=True)  # the browser's too
         api_models[model or model_folder].warm_up()
     demo = build_app(model_folder, models_dir, options, allow_server_token=allow_server_token)
     demo.queue(max_size=QUEUE_SIZE)

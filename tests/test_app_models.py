@@ -47,7 +47,9 @@ def test_fifteen_switches_over_five_models_keep_one_thread_per_open_model_and_th
     result = subprocess.run(
         [sys.executable, "-c", SWITCHING, *map(str, folders)], cwd=REPO, capture_output=True, text=True, timeout=600
     )
-    assert result.returncode == 0, "\n".join(line for line in result.stderr.splitlines() if "Loading weights" not in line)[-3000:]
+    assert result.returncode == 0, "\n".join(
+        line for line in result.stderr.splitlines() if "Loading weights" not in line
+    )[-3000:]
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts["first"]["threads"] == 1
     assert counts["last"]["open"] == 3 and counts["last"]["threads"] == 3  # one per model kept, not 15

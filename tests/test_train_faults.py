@@ -403,6 +403,32 @@ def test_init_from_gpt2_weights_that_are_missing_is_one_line(workdir, corpus, ca
     assert snapshot(output) == before
 
 
+def foreign_pickle(path) -> None:
+    """A torch.save file holding an object of a class torch does not allow (a date): no code runs when read with
+    weights_only, but it is not plain tensors either."""
+    import datetime
+
+    torch.save({"when": datetime.date(2026, 12, 7)}, path)
+
+
+def test_init_from_gpt2_weights_in_a_foreign_pickle_is_one_line(workdir, corpus, capsys, shared_data):
+    folder = workdir / "gpt2-pickle"
+    if not folder.exists():
+        shutil.copytree(gpt2_folder_without_tokenizer(workdir), folder)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(shared_data / "gpt2" / name, folder / name)
+        (folder / "model.safetensors").unlink()
+        foreign_pickle(folder / "pytorch_model.bin")
+    output = workdir / "out-gpt2-pickle"
+    argv = [*TINY[8:], "--max_steps", "1", "--text_file", corpus, "--init_from", folder, "--output_dir", output]
+    before = snapshot(output)
+    assert main([str(arg) for arg in argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "UnpicklingError" not in err
+    assert err.strip().splitlines()[-1].startswith(f"train.py: error: --init_from {folder}: ")
+    assert snapshot(output) == before
+
+
 def can_mount_in_a_namespace() -> bool:
     if shutil.which("unshare") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
         return False
@@ -614,6 +640,23 @@ def test_resume_from_a_named_corrupt_checkpoint_is_refused(workdir, checkpointed
         "or corrupt; it needs model.safetensors, optimizer.pt, scheduler.pt, trainer_state.json and the model's config "
         "and tokenizer); pass another checkpoint-N folder, or the bare flag for the newest.",
     )
+
+
+def test_resume_from_a_checkpoint_holding_a_foreign_pickle_is_one_line(workdir, checkpointed_run, capsys):
+    source, argv = checkpointed_run
+    output = workdir / "foreign-pickle"
+    shutil.copytree(source, output)
+    foreign_pickle(output / "checkpoint-2" / "optimizer.pt")
+    argv = [*argv[: argv.index("--output_dir")], "--output_dir", output]
+    before = {path: path.stat().st_mtime_ns for path in (output / "checkpoint-2").iterdir()}
+    assert main([str(arg) for arg in [*argv, "--resume_from_checkpoint", output / "checkpoint-2"]]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "UnpicklingError" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"train.py: error: {output / 'checkpoint-2'} holds a pickled file (its optimizer or random state) that is "
+        "not plain tensors, which torch will not read: resume from another checkpoint, or start over."
+    )
+    assert before == {path: path.stat().st_mtime_ns for path in (output / "checkpoint-2").iterdir()}
 
 
 # ----------------------------------------------------------------------------------------------------------

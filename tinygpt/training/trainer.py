@@ -12,6 +12,7 @@
 import json
 import math
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -117,6 +118,11 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
         model = TinyGPTForCausalLM.from_gpt2(source, **overrides)
     except (OSError, ValueError, SafetensorError) as error:  # no weights, truncated ones, missing ones, another block
         raise TrainingSetupError(f"--init_from {source}: {first_line(error)}") from None
+    except pickle.UnpicklingError:  # pytorch_model.bin: torch reads only plain tensors from a pickle, never code
+        raise TrainingSetupError(
+            f"--init_from {source}: its weights are a pickle (pytorch_model.bin) that torch will not read safely; "
+            "convert them to model.safetensors, or use a GPT-2 folder that has one."
+        ) from None
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)  # room for the chat tokens
     for config in (model.config, model.generation_config):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -312,7 +318,13 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
         trainer.state = TrainerState.load_from_json(str(Path(resume_from, "trainer_state.json")))
         train_metrics = {"train_runtime": 0.0}
     else:
-        train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
+        try:
+            train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
+        except pickle.UnpicklingError:  # a checkpoint's optimizer.pt / rng_state.pth: plain tensors only, never code
+            raise TrainingSetupError(
+                f"{resume_from} holds a pickled file (its optimizer or random state) that is not plain tensors, "
+                "which torch will not read: resume from another checkpoint, or start over."
+            ) from None
     eval_metrics = final_evaluation(trainer)
     if not math.isfinite(eval_metrics["eval_loss"]):  # NaN weights: nothing worth saving over what is there
         raise TrainingSetupError(

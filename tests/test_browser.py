@@ -118,7 +118,7 @@ def test_push_to_the_hub_then_pull_it_back(chat_page: Page, app):
     page.locator("#pull-button").click()
     expect(page.locator("#model-status")).to_contain_text("Pulled and loaded tester/chat-model", timeout=120_000)
     expect(page.locator("#model-info")).to_contain_text("TinyGPTCharTokenizer")
-    expect(page.locator("#loss-plot")).to_be_hidden()  # loss.png stays home: only model files are pushed
+    expect(page.locator("#loss-plot")).to_be_visible()  # its training curve travels with it (loss.png)
     screenshot(page, "model-pulled")
 
     page.get_by_role("tab", name="Chat").click()
@@ -127,6 +127,34 @@ def test_push_to_the_hub_then_pull_it_back(chat_page: Page, app):
     expect(last_reply(page)).to_have_text("goodbye!")  # the pulled copy answers like the original
     assert HUB_TOKEN not in page.content()
     assert HUB_TOKEN not in app.log.read_text()
+
+
+def test_a_pull_of_a_crafted_repo_holds_up_no_other_visitors_pull(chat_page: Page, app, browser, tmp_path):
+    """One visitor pulls a repo whose chat template loops for hours (refused after the template's time budget);
+    another visitor's Pull, started after it, is done before it."""
+    import shutil
+
+    from tests.chat_fixtures import trained_chat_model
+
+    crafted = shutil.copytree(trained_chat_model(), tmp_path / "crafted")
+    (crafted / "chat_template.jinja").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    )
+    api = HfApi(endpoint=app.hub_url, token=HUB_TOKEN)
+    for repo_id, folder in (("tester/looping-template", crafted), ("tester/other-model", trained_chat_model())):
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
+    other = browser.new_page()
+    other.goto(app.url)
+    for page, repo_id in ((chat_page, "tester/looping-template"), (other, "tester/other-model")):
+        page.get_by_role("tab", name="Model").click()
+        page.locator("#pull-repo textarea, #pull-repo input").first.fill(repo_id)
+    chat_page.locator("#pull-button").click()
+    other.locator("#pull-button").click()
+    expect(other.locator("#model-status")).to_contain_text("Pulled and loaded tester/other-model", timeout=60_000)
+    expect(chat_page.locator("#model-status")).not_to_contain_text("chat template")  # still on its template
+    expect(chat_page.locator("#model-status")).to_contain_text("its chat template does not render", timeout=60_000)
+    other.close()
 
 
 def test_errors_are_one_line_messages_and_the_app_keeps_serving(chat_page: Page, app):

@@ -273,13 +273,7 @@ def run_serve(args: argparse.Namespace) -> int:
     options = DecodingOptions(compile=args.compile, int8_weights=args.int8, max_batch=args.max_batch)
     chat_model = ChatModel(*load_quietly(args.model), options)
     chat_model.warm_up()
-    limits = ServingLimits.for_batch(
-        args.max_batch,
-        browser=False,
-        max_tokens=args.max_tokens,
-        per_client=args.max_client_requests,
-        max_body_bytes=args.max_body_bytes,
-    )
+    limits = ServingLimits.from_flags(args, browser=False)
     app = create_app(
         {args.model: chat_model}, api_key=args.api_key, host=args.host, allowed_hosts=args.allowed_host, limits=limits
     )

@@ -356,13 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             allowed_hosts=args.allowed_host,
             max_batch=args.max_batch,
             api_key=args.api_key,
-            limits=ServingLimits.for_batch(
-                args.max_batch,
-                browser=True,
-                max_tokens=args.max_tokens,
-                per_client=args.max_client_requests,
-                max_body_bytes=args.max_body_bytes,
-            ),
+            limits=ServingLimits.from_flags(args, browser=True),
         )
     except (HubError, ModelLoadError, OSError) as error:  # OSError: the port is taken
         print(f"app.py: error: {error}", file=sys.stderr)

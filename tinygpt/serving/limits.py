@@ -43,6 +43,17 @@ class ServingLimits:
         settings = {"per_client": half, "api_slots": half if browser else None}
         return cls(**(settings | {name: value for name, value in overrides.items() if value is not None}))
 
+    @classmethod
+    def from_flags(cls, args, *, browser: bool) -> "ServingLimits":
+        """The limits `add_server_arguments`' flags ask for (tinygpt.serving.flags), over `for_batch`'s defaults."""
+        return cls.for_batch(
+            args.max_batch,
+            browser=browser,
+            max_tokens=args.max_tokens,
+            per_client=args.max_client_requests,
+            max_body_bytes=args.max_body_bytes,
+        )
+
     def reply_cap(self, model_max_new_tokens: int) -> int:
         return self.max_tokens or REPLY_LENGTH_FACTOR * model_max_new_tokens
 

@@ -1,7 +1,12 @@
-"""The Train tab without a browser: the run manager in-process (stop, resume), and `python app.py`'s "/train"
-endpoint through gradio_client (a file, bad files, busy, chats while training). The browser test of the tab is in
+"""The Train tab without a browser: train.py's stop channels (the stop file, Ctrl-C), the run manager in-process
+(stop, resume), and `python app.py`'s "/train" endpoint through gradio_client (a file, bad files, busy, chats while
+training). Who may stop what, uploads and sizes: tests/test_train_owners.py. The browser test of the tab is in
 tests/test_browser.py."""
 
+import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from tests.chat_fixtures import running_app
-from tests.train_cli import write_corpus
+from tests.train_cli import TINY_SHAPE, TRAIN_PY, train_env, write_corpus
 from tinygpt.app.page import local_models
 from tinygpt.app.train_runs import TrainingRequestError, TrainingRuns
 
@@ -28,6 +33,41 @@ def wait_until(condition, timeout: float = 120, what: str = "the condition"):
 def finish(runs: TrainingRuns, run) -> None:
     for _ in runs.watch(run):
         pass
+
+
+@pytest.mark.parametrize("how", ["stop file", "SIGINT"])
+def test_train_py_stops_cleanly_at_a_checkpoint_on_a_stop_file_or_ctrl_c(tmp_path, how):
+    """$TINYGPT_STOP_FILE appearing stops train.py as Ctrl-C does: exit 130, one line, a checkpoint of the step it
+    stopped at, no final model. (A stop file needs no signal: a run started in the background ignores SIGINT.)"""
+    out, stop_file = tmp_path / "run", tmp_path / "stop"
+    schedule = ["--per_device_train_batch_size", "4", "--eval_windows", "8", "--warmup_steps", "0"]
+    schedule += ["--logging_steps", "5", "--eval_steps", "20", "--save_steps", "20", "--max_steps", "5000"]
+    command = [sys.executable, str(TRAIN_PY), *TINY_SHAPE, *schedule, "--disable_tqdm", "true"]
+    command += ["--text_file", str(write_corpus(tmp_path / "corpus.txt")), "--output_dir", str(out)]
+    env = {**train_env(), "TINYGPT_STOP_FILE": str(stop_file)}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (out / "checkpoint-20" / "trainer_state.json").is_file() or child.poll() is not None)
+        stop_file.touch() if how == "stop file" else child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
+    if how == "stop file":
+        step = int(last_line.split("stopped at step ")[1].split()[0])
+        assert (
+            last_line
+            == f"train.py: stopped at step {step} as asked, checkpoint saved; continue with --resume_from_checkpoint"
+        )
+        assert 20 <= step < 5000 and (out / f"checkpoint-{step}" / "model.safetensors").is_file()  # saved as it stopped
+        state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        assert state["global_step"] == step
+        assert max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == step
+    else:
+        assert last_line == "train.py: interrupted; continue with --resume_from_checkpoint"
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()  # no final model
+    assert "Traceback" not in stderr
 
 
 def test_a_stopped_run_resumes_to_a_finished_model(tmp_path):

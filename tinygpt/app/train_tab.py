@@ -139,18 +139,18 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
     def stop(token, request: gr.Request):
         """Stop this browser's run, then show how it ended (the page may have been reloaded since it started)."""
         message = runs.stop(owner_of(token, request.session_hash))
-        yield message
+        yield message, gr.skip(), gr.skip()
         run = runs.current
         if message.startswith("Stopping") and run is not None:
             for _ in runs.watch(run):
                 pass
-            yield run.outcome()
+            yield run.outcome(), run.log_text(), run.curve()
 
     def stop_api(request: gr.Request):
         """Stop the run this client started (`/train`)."""
         return runs.stop(request.session_hash)
 
-    stop_button.click(stop, owner_token, status, api_name=False, concurrency_limit=4)
+    stop_button.click(stop, owner_token, [status, log, curve], api_name=False, concurrency_limit=4)
     api_stop.click(stop_api, None, status, api_name="stop_training")
     api_trigger.click(train, [upload, preset, max_steps], progress, api_name="train", concurrency_limit=4)
     return TrainTab(runs, trained_folder, [started, resumed])

@@ -64,15 +64,15 @@ def test_a_stranger_or_a_forged_session_can_neither_stop_nor_resume_a_run(tmp_pa
     runs = TrainingRuns(tmp_path / "models")
     run = runs.start(str(write_corpus(tmp_path / "text.txt")), "tiny", 400, OWNER, SMALL)
     try:
+        for stranger in (FORGED, "session-b", "", None, OWNER[:-1], OWNER + " "):
+            assert runs.stop(stranger) == f"Only the visitor who started {run.name} can stop it."
+        assert run.running and not run.stop_requested
         with pytest.raises(TrainingRequestError) as busy:
             runs.start(None, "tiny", 10, "session-b")
         assert f"busy: {run.name} (started by another visitor) is training" in str(busy.value)
         assert not re.search(r"[0-9a-f]{6}", str(busy.value).replace(run.name, ""))  # no label of any session
         with pytest.raises(TrainingRequestError, match=rf"busy: {run.name} \(yours\)"):
             runs.start(None, "tiny", 10, OWNER)
-        for stranger in ("session-b", FORGED, "", None, OWNER[:-1], OWNER + " "):
-            assert runs.stop(stranger) == f"Only the visitor who started {run.name} can stop it."
-        assert run.running and not run.stop_requested
         assert runs.stop(OWNER) == f"Stopping {run.name}..."  # at once: it stops at its first step, saved
         finish(runs, run)
         assert run.stopped and run.saved_step is not None, run.log_text()
@@ -95,9 +95,9 @@ def test_stop_works_when_the_run_ignores_sigint_and_reports_its_checkpoint_step(
     shows the step of the checkpoint it saved (what Resume continues from), with no final model written."""
     runs = TrainingRuns(tmp_path / "models")
     with sigint_ignored():
-        run = runs.start(str(write_corpus(tmp_path / "text.txt", words=20000)), "tiny", 400, OWNER, SMALL)
+        run = runs.start(str(write_corpus(tmp_path / "text.txt", words=20000)), "tiny", 5000, OWNER, SMALL)
     assert ignores_sigint(run.process.pid)
-    wait_until(lambda: any(run.folder.glob("checkpoint-*/trainer_state.json")), what="a checkpoint")
+    wait_until(lambda: any(run.folder.glob("checkpoint-*/trainer_state.json")), what="a checkpoint")  # step 1000
     asked = time.monotonic()
     assert runs.stop(OWNER) == f"Stopping {run.name}..."
     finish(runs, run)
@@ -105,12 +105,12 @@ def test_stop_works_when_the_run_ignores_sigint_and_reports_its_checkpoint_step(
     assert run.process.returncode == 130, run.log_text()
     step = newest_checkpoint_step(run.folder)
     assert f"train.py: stopped at step {step} as asked" in run.log_text()
-    assert run.step == run.saved_step == step > 78  # past the first periodic checkpoint: one saved as it stopped
+    assert run.step == step > 1000  # past the first periodic checkpoint: the one saved as it stopped
     assert run.outcome() == f"Stopped **{run.name}** at step {step}, its last checkpoint; Resume continues from it."
     assert run.curve().step.max() <= step
     assert not (run.folder / "model.safetensors").exists() and not (run.folder / "config.json").exists()
-    assert run.data_file.is_file()  # kept for Resume
-    assert not run.stop_file.exists()
+    assert (runs.data_dir / f"{run.name}.txt").is_file()  # kept for Resume
+    assert not list(runs.data_dir.glob("*.stop"))
 
 
 def test_the_owner_stops_after_a_reload(tmp_path):
@@ -136,14 +136,14 @@ def test_an_upload_is_removed_when_its_run_ends_and_kept_while_stopped(tmp_path)
     stopped = runs.start(str(write_corpus(tmp_path / "a.txt")), "tiny", 400, OWNER, SMALL)
     runs.stop(OWNER)
     finish(runs, stopped)
-    assert stopped.stopped and stopped.data_file.is_file()  # Resume needs it
+    assert stopped.outcome().startswith("Stopped") and list(runs.data_dir.glob("*.txt")), stopped.log_text()
     binary = tmp_path / "photo.txt"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 50)
     failed = runs.start(str(binary), "tiny", 10, OWNER, SMALL)
-    assert not stopped.data_file.exists()  # a new run replaced the stopped one
+    assert [path.name for path in runs.data_dir.glob("*.txt")] == [f"{failed.name}.txt"]  # the stopped one's went
     finish(runs, failed)
     assert "photo.txt is not UTF-8 text" in failed.outcome()
-    assert not failed.data_file.exists()
+    assert list(runs.data_dir.glob("*.txt")) == []
     with pytest.raises(TrainingRequestError, match="was removed when it ended"):
         runs.resume(OWNER)
     done = runs.start(str(write_corpus(tmp_path / "b.txt")), "tiny", 10, OWNER, SMALL)

@@ -6,6 +6,7 @@ test starts `python app.py` as a shell's `&` would. The page itself after a relo
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,10 +195,11 @@ def test_the_largest_size_named_is_the_largest_that_fits(monkeypatch):
     assert train_inputs.knob_flags("tiny", SMALL)  # the tests' own shape fits anywhere
 
 
-def test_sigterm_to_a_backgrounded_app_stops_its_run_and_removes_the_upload(tmp_path):
+def test_sigterm_to_a_backgrounded_app_stops_its_run_and_removes_the_upload(tmp_path, request):
     """`python app.py &` from a shell (SIGINT ignored), then `kill`: the run stops at a checkpoint through its stop
     file, and the app's data folder (the uploaded data) is gone, as after a clean exit."""
     tmp = Path(tempfile.mkdtemp(prefix="tinygpt-sigterm-"))  # the app's TMPDIR: its data folder is made in it
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp), "NO_PROXY": "localhost,127.0.0.1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "app.py", "--models_dir", str(tmp_path / "runs"), "--port", str(port)]

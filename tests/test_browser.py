@@ -240,3 +240,50 @@ def test_train_tab_trains_an_upload_live_and_the_model_chats(chat_page: Page, tm
     send(page, "the king")
     expect(last_reply(page)).to_have_text(re.compile(r"\S"))  # the new model answers (text it learned, roughly)
     screenshot(page, "train-model-chat")
+
+
+def test_a_train_run_stays_its_owners_after_a_reload_and_strangers_cannot_stop_it(
+    chat_page: Page, browser, app, tmp_path
+):
+    """The run belongs to this browser (its token in gr.BrowserState), not to the page's Gradio session: after a
+    reload its owner still stops and resumes it; another browser can do neither. A stop shows the step of the
+    checkpoint it saved."""
+    page = chat_page
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-file input[type=file]").set_input_files(str(write_corpus(tmp_path / "long.txt", words=20000)))
+    expect(page.locator("#train-file")).to_contain_text("long.txt")
+    set_number(page, "train-steps", 30000)
+    page.get_by_text("Model and optimizer").click()
+    for knob, value in (("n_layer", 1), ("n_embd", 32), ("block_size", 32), ("per_device_train_batch_size", 8)):
+        set_number(page, f"train-{knob}", value)
+    page.locator("#train-start").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text(re.compile(r"step [1-9]\d*/30000"), timeout=120_000)
+    name = re.search(r"train-tiny-[\w-]+", status.inner_text()).group(0)
+
+    page.reload()  # a new Gradio session; the same browser
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-stop").click()
+    expect(status).to_contain_text(f"Stopped {name} at step", timeout=120_000)
+    step = int(re.search(r"at step (\d+)", status.inner_text()).group(1))
+    folder = app.models_dir / name
+    assert step == max(int(path.name.split("-")[1]) for path in folder.glob("checkpoint-*")) > 0
+    assert not (folder / "model.safetensors").exists()
+    expect(page.locator("#train-log textarea")).to_have_value(re.compile(f"stopped at step {step} as asked"))
+    screenshot(page, "train-stopped-after-reload")
+
+    stranger = browser.new_context().new_page()
+    stranger.goto(app.url)
+    stranger.get_by_role("tab", name="Train").click()
+    stranger_status = stranger.locator("#train-status")
+    stranger.locator("#train-resume").click()
+    expect(stranger_status).to_contain_text(f"only the visitor who started {name} can resume it")
+    page.locator("#train-resume").click()
+    expect(status).to_contain_text(re.compile(rf"Training {name}: step \d+/30000"), timeout=120_000)
+    stranger.locator("#train-stop").click()
+    expect(stranger_status).to_have_text(f"Only the visitor who started {name} can stop it.")
+    stranger.locator("#train-start").click()
+    expect(stranger_status).to_contain_text(f"busy: {name} (started by another visitor)")
+    page.locator("#train-stop").click()
+    expect(status).to_contain_text(f"Stopped {name} at step", timeout=120_000)
+    stranger.context.close()

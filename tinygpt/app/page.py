@@ -30,6 +30,7 @@ the dropdown takes typed values).
 import argparse
 import functools
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -343,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     add_decoding_arguments(parser)
     args = parser.parse_args(argv)
     check_decoding_arguments(parser, args)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, systemd, docker stop) exits through SystemExit, out of Gradio's blocking launch, so atexit
+        # still runs: a training run is stopped at a checkpoint and the uploaded data is removed.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         launch(
             model=args.model,

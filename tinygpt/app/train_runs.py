@@ -7,20 +7,27 @@ Design notes
   reaches the page unchanged. The child runs in its own process group at a lower priority, with one core left
   to the app on a CPU machine: chats keep being answered while it trains.
 - One run at a time, for the whole app (`TrainingRuns`): a second start, from anybody, gets a "busy" line naming
-  the run and a short label of the session that started it (a hash of its id, never the id itself). Only that
-  session may stop it.
+  the run and whose it is ("yours" or "started by another visitor", nothing more).
+- Owners: a run belongs to the secret its starter presented (the Train tab passes a browser's own random token,
+  or an API client's session id), compared in constant time and never shown, logged or put in a message. Only
+  that secret stops or resumes the run.
 - Progress comes from train.py's stdout (unbuffered): the Trainer's `{'loss': ...}` lines become the curve, every
   line the log. Steps are counted from the logging schedule the app itself passes.
-- Stop sends SIGINT, which train.py turns into a clean exit (code 130) that keeps its checkpoints; resume reruns
-  the same command with a bare `--resume_from_checkpoint`, which continues from the newest complete one.
+- Stop creates the run's stop file ($TINYGPT_STOP_FILE, tinygpt.training.stopping): train.py saves a checkpoint of
+  the step it is at and exits (code 130) without a final model. No signal: an app started in the background by a
+  shell ignores SIGINT, and so would its child. SIGTERM only if it has not exited STOP_GRACE_SECONDS later. The
+  page then reports the step of the newest complete checkpoint, which is what Resume continues from (it reruns
+  the same command with a bare `--resume_from_checkpoint`).
 - Files: an upload is copied into the app's own data folder (a private temporary folder, never served) under a
   generated name, and that name never leaves the server: log lines and errors show the file's own name. The run
-  folder's name is generated too; no user input becomes a path.
+  folder's name is generated too; no user input becomes a path. The copy goes when its run ends (finished or
+  failed); a stopped run's stays for Resume until the next run starts or the app exits (also on SIGTERM: app
+  main turns it into SystemExit, so atexit runs).
 """
 
 import ast
 import atexit
-import hashlib
+import hmac
 import os
 import shutil
 import signal
@@ -34,60 +41,55 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinygpt.app.train_inputs import MAX_STEPS_LIMIT, TrainingRequestError, knob_flags, whole_number
+from tinygpt.training.args import LATEST
 from tinygpt.training.presets import PRESETS
+from tinygpt.training.run_dir import checkpoint_step, checkpoint_to_resume
+from tinygpt.training.stopping import STOP_FILE_ENV
 
 TRAIN_MODULE = "tinygpt.training"  # run as `python -m`: the installed package trains, no checkout needed
 CHAT_SUFFIXES = (".json", ".jsonl")  # trained as conversations (--chat_file); anything else is plain text
-MAX_STEPS_LIMIT = 1_000_000
 LOG_LINES_SHOWN = 200
 POLL_SECONDS = 0.3  # how often a watching page looks for new output
-STOP_GRACE_SECONDS = 60  # after SIGINT, how long train.py may take to exit before SIGTERM
+STOP_GRACE_SECONDS = 60  # after the stop file, how long train.py may take to exit before SIGTERM (then SIGKILL)
 CURVE_POINTS = 30  # about this many logged losses a run, whatever its length
 CHECKPOINTS = 5  # about this many evaluations and checkpoints a run, so a stopped run loses little
-# Optional knobs: (flag, label, Python type); blank keeps the preset's value.
-KNOBS = (
-    ("n_layer", "Layers", int),
-    ("n_embd", "Width (n_embd)", int),
-    ("block_size", "Context (block_size)", int),
-    ("per_device_train_batch_size", "Batch size", int),
-    ("learning_rate", "Learning rate", float),
-)
-
-
-class TrainingRequestError(ValueError):
-    """A run that cannot start as asked (busy, bad input); one line for the page."""
-
-
-def session_label(session_hash: str | None) -> str:
-    """A short public name of a session: a hash of its id, since the id itself lets one act as that session."""
-    return "session " + hashlib.sha256((session_hash or "").encode()).hexdigest()[:6]
 
 
 @dataclass
 class TrainingRun:
     name: str  # generated folder name under models_dir
     folder: Path
-    owner: str  # session_label of the session that started it
+    owner: str = field(repr=False)  # the secret of whoever started it: never shown
     command: list[str]
     max_steps: int
     logging_steps: int
     eval_steps: int
     shown_names: dict[str, str]  # server path -> what the page shows instead (an upload's own name)
+    stop_file: Path  # created to ask train.py to stop
+    data_file: Path | None = None  # the upload's copy, if any
     start_step: int = 0
     process: subprocess.Popen | None = None
     log: list[str] = field(default_factory=list)
     losses: list[tuple[int, float, str]] = field(default_factory=list)  # (step, loss, "train" | "eval")
     error: str | None = None  # train.py's one-line error
     stop_requested: bool = False
+    saved_step: int | None = None  # a stopped run's newest complete checkpoint (None: it saved none)
     readers: list[threading.Thread] = field(default_factory=list)
+    ended: threading.Event = field(default_factory=threading.Event)  # set once its end is recorded
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def owned_by(self, owner: str | None) -> bool:
+        return isinstance(owner, str) and bool(owner) and hmac.compare_digest(owner.encode(), self.owner.encode())
 
     @property
     def running(self) -> bool:
-        return self.process is not None and (self.process.poll() is None or any(t.is_alive() for t in self.readers))
+        return self.process is not None and not self.ended.is_set()
 
     @property
     def step(self) -> int:
+        if self.stopped:
+            return self.saved_step or 0
         with self.lock:
             return max([self.start_step, *(step for step, _, split in self.losses if split == "train")])
 
@@ -95,15 +97,21 @@ class TrainingRun:
     def finished(self) -> bool:
         return not self.running and self.process.returncode == 0 and (self.folder / "config.json").is_file()
 
+    @property
+    def stopped(self) -> bool:
+        return self.stop_requested and not self.running and not self.finished
+
     def outcome(self) -> str:
         """One Markdown line: where the run stands."""
         if self.running:
             stopping = " (stopping...)" if self.stop_requested else ""
-            return f"Training **{self.name}** ({self.owner}): step {self.step}/{self.max_steps}{stopping}"
+            return f"Training **{self.name}**: step {self.step}/{self.max_steps}{stopping}"
         if self.finished:
             return f"Finished **{self.name}**: the model is in {self.folder.name}; load it in the Model tab."
-        if self.stop_requested:
-            return f"Stopped **{self.name}** at step {self.step}; Resume continues from its newest checkpoint."
+        if self.stopped and self.saved_step is None:
+            return f"Stopped **{self.name}** before its first checkpoint; start a new run."
+        if self.stopped:
+            return f"Stopped **{self.name}** at step {self.step}, its last checkpoint; Resume continues from it."
         return self.error or f"Error: train.py exited with code {self.process.returncode}."
 
     def curve(self) -> pd.DataFrame:
@@ -157,26 +165,22 @@ class TrainingRuns:
         self.current: TrainingRun | None = None
         self.lock = threading.Lock()
 
-    def start(
-        self, upload: str | None, preset: str, max_steps, session_hash: str | None, knobs: dict | None = None
-    ) -> TrainingRun:
-        """Start a run (after checking its inputs) or raise TrainingRequestError: busy, a bad value."""
+    def start(self, upload: str | None, preset: str, max_steps, owner: str, knobs: dict | None = None) -> TrainingRun:
+        """Start a run owned by the secret `owner` (after checking its inputs) or raise TrainingRequestError: busy, a
+        bad value, a shape too big for this machine."""
         if preset not in PRESETS:
             raise TrainingRequestError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        if not isinstance(owner, str) or not owner:
+            raise TrainingRequestError("this request has no session; reload the page.")
         max_steps = whole_number("max steps", max_steps, 1, MAX_STEPS_LIMIT)
-        flags = []
-        for name, label, kind in KNOBS:
-            value = (knobs or {}).get(name)
-            if value not in (None, "", 0):  # a blank Number arrives as 0 from the page
-                flags += [
-                    f"--{name}",
-                    str(whole_number(label, value, 1, 1 << 20) if kind is int else positive(label, value)),
-                ]
+        flags = knob_flags(preset, knobs)
         with self.lock:
-            self.refuse_if_busy(session_hash)
+            self.refuse_if_busy(owner)
+            if self.current is not None and self.current.data_file is not None:  # a stopped run's, kept for Resume
+                self.current.data_file.unlink(missing_ok=True)
             name = self.new_run_name(preset)
             folder = self.models_dir / name
-            shown_names = {}
+            shown_names, data_file = {}, None
             if upload:
                 source = Path(upload)
                 suffix = source.suffix.lower() if source.suffix.lower() in CHAT_SUFFIXES else ".txt"
@@ -194,55 +198,61 @@ class TrainingRuns:
                 *("--save_steps", str(eval_steps), "--disable_tqdm", "true"),
                 *flags,
             ]
+            stop_file = self.data_dir / f"{name}.stop"
             run = TrainingRun(
-                name, folder, session_label(session_hash), command, max_steps, logging_steps, eval_steps, shown_names
+                name, folder, owner, command, max_steps, logging_steps, eval_steps, shown_names, stop_file, data_file
             )
             self.launch(run)
             return run
 
-    def resume(self, session_hash: str | None) -> TrainingRun:
-        """Continue the last run that was stopped or failed, from its newest complete checkpoint."""
-        from tinygpt.training.run_dir import checkpoint_step, checkpoint_to_resume
-
+    def resume(self, owner: str | None) -> TrainingRun:
+        """Continue the last run, if `owner` started it and it was stopped or failed, from its newest complete
+        checkpoint."""
         with self.lock:
-            self.refuse_if_busy(session_hash)
+            self.refuse_if_busy(owner)
             last = self.current
             if last is None or last.finished:
                 raise TrainingRequestError("there is no stopped run to resume; start a new one.")
-            checkpoint, _ = checkpoint_to_resume("latest", last.folder)
+            if not last.owned_by(owner):
+                raise TrainingRequestError(f"only the visitor who started {last.name} can resume it.")
+            if last.data_file is not None and not last.data_file.is_file():
+                raise TrainingRequestError(f"the data of {last.name} was removed when it ended; start a new run.")
+            checkpoint, _ = checkpoint_to_resume(LATEST, last.folder)
             if checkpoint is None:
                 raise TrainingRequestError(f"{last.name} saved no checkpoint before it ended; start a new run.")
             run = TrainingRun(
                 last.name,
                 last.folder,
-                session_label(session_hash),
+                last.owner,
                 [*last.command, "--resume_from_checkpoint"],
                 last.max_steps,
                 last.logging_steps,
                 last.eval_steps,
                 last.shown_names,
+                last.stop_file,
+                last.data_file,
                 start_step=checkpoint_step(checkpoint),
             )
             run.losses = [point for point in last.losses if point[0] <= run.start_step]
             self.launch(run)
             return run
 
-    def stop(self, session_hash: str | None) -> str:
-        """SIGINT to the running train.py (it exits cleanly, keeping its checkpoints); SIGTERM if it lingers."""
+    def stop(self, owner: str | None) -> str:
+        """Ask the running train.py to stop (its stop file: a checkpoint, then a clean exit); SIGTERM if it lingers."""
         run = self.current
         if run is None or not run.running:
             return "No run is going."
-        if run.owner != session_label(session_hash):
-            return f"Only {run.owner}, which started {run.name}, can stop it."
+        if not run.owned_by(owner):
+            return f"Only the visitor who started {run.name} can stop it."
         run.stop_requested = True
-        os.killpg(run.process.pid, signal.SIGINT)
+        run.stop_file.touch()
         threading.Thread(target=terminate_if_lingering, args=(run.process,), daemon=True).start()
         return f"Stopping {run.name}..."
 
-    def refuse_if_busy(self, session_hash: str | None) -> None:
+    def refuse_if_busy(self, owner: str | None) -> None:
         run = self.current
         if run is not None and run.running:
-            whose = "yours" if run.owner == session_label(session_hash) else f"started by {run.owner}"
+            whose = "yours" if run.owned_by(owner) else "started by another visitor"
             raise TrainingRequestError(
                 f"busy: {run.name} ({whose}) is training, step {run.step}/{run.max_steps}; one run at a time, "
                 "try again when it ends."
@@ -258,7 +268,8 @@ class TrainingRuns:
 
     def launch(self, run: TrainingRun) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        run.stop_file.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", STOP_FILE_ENV: str(run.stop_file)}
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))  # a core left for chats
         run.process = subprocess.Popen(
             run.command,
@@ -268,7 +279,7 @@ class TrainingRuns:
             text=True,
             errors="replace",
             env=env,
-            start_new_session=True,  # its own process group: Stop signals it alone, and Ctrl-C on the app does not
+            start_new_session=True,  # its own process group: Ctrl-C on the app does not reach it
         )
         try:
             os.setpriority(os.PRIO_PROCESS, run.process.pid, 10)  # chats first
@@ -280,8 +291,9 @@ class TrainingRuns:
         ]
         for reader in run.readers:
             reader.start()
+        threading.Thread(target=record_end, args=(run,), daemon=True).start()
         self.current = run
-        atexit.register(stop_at_exit, run.process)
+        atexit.register(stop_at_exit, run)
 
     def watch(self, run: TrainingRun):
         """Yields `run` whenever it printed something or changed state, until it ends (then once more)."""
@@ -297,34 +309,40 @@ class TrainingRuns:
             time.sleep(POLL_SECONDS)
 
 
-def whole_number(label: str, value, low: int, high: int) -> int:
+def record_end(run: TrainingRun) -> None:
+    """Once train.py exits and its output is read: a stopped run's step is its newest complete checkpoint's (the
+    curve is cut there too); a finished or failed run's upload is removed (a stopped one keeps it for Resume)."""
+    run.process.wait()
+    for reader in run.readers:
+        reader.join()
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TrainingRequestError(f"{label} must be a whole number, got {value!r}.") from None
-    if not number.is_integer() or not low <= number <= high:
-        raise TrainingRequestError(f"{label} must be a whole number from {low} to {high}, got {value!r}.")
-    return int(number)
-
-
-def positive(label: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not number > 0 or number == float("inf"):
-        raise TrainingRequestError(f"{label} must be a positive number, got {value!r}.")
-    return number
+        if run.stop_requested and not (run.process.returncode == 0 and (run.folder / "config.json").is_file()):
+            checkpoint, _ = checkpoint_to_resume(LATEST, run.folder)
+            run.saved_step = checkpoint_step(checkpoint) if checkpoint else None
+            with run.lock:
+                run.losses = [point for point in run.losses if point[0] <= (run.saved_step or 0)]
+        elif run.data_file is not None:
+            run.data_file.unlink(missing_ok=True)
+        run.stop_file.unlink(missing_ok=True)
+    finally:
+        run.ended.set()
 
 
 def terminate_if_lingering(process: subprocess.Popen) -> None:
-    try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.terminate()
+    """SIGTERM to the run's process group if it has not exited STOP_GRACE_SECONDS after a stop; SIGKILL later."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                return
 
 
-def stop_at_exit(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        terminate_if_lingering(process)
+def stop_at_exit(run: TrainingRun) -> None:
+    if run.process.poll() is None:
+        run.stop_requested = True
+        run.stop_file.touch()
+        terminate_if_lingering(run.process)

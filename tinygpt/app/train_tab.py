@@ -2,16 +2,33 @@
 steps and knobs, and train; the loss curve and log stream to the page, Stop and Resume act on the run, and the
 model lands in a new folder under --models_dir, where the Model tab's picker finds it. Also an API: `/train`
 streams a run's progress, `/stop_training` stops the caller's run. The runs themselves: tinygpt.app.train_runs.
+
+Who owns a run: a browser keeps a random token of its own (`secrets.token_urlsafe`, made at its first Start) in a
+`gr.BrowserState`, so the run stays its own after a reload (a new Gradio session); the token goes with Start, Stop
+and Resume and is never shown. An API client has no browser state: its Client's session id, private to it, is
+the owner. Start, Stop and Resume in the page are not API endpoints (they take the token); `/train` and
+`/stop_training` are.
 """
 
 import os
+import re
+import secrets
 from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 
-from tinygpt.app.train_runs import CHAT_SUFFIXES, KNOBS, TrainingRequestError, TrainingRun, TrainingRuns
+from tinygpt.app.train_inputs import KNOBS
+from tinygpt.app.train_runs import CHAT_SUFFIXES, TrainingRequestError, TrainingRun, TrainingRuns
 from tinygpt.training.presets import DEFAULT_PRESET, PRESETS
+
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+
+
+def owner_of(token, session_hash: str | None) -> str | None:
+    """The secret a request acts as: the browser's token when it holds one of ours, else its session id."""
+    return token if isinstance(token, str) and TOKEN_PATTERN.fullmatch(token) else session_hash
+
 
 # -- the tab --------------------------------------------------------------------------------------------------
 
@@ -63,29 +80,38 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
                 )
                 log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
         trained_folder = gr.State(None)
+        owner_token = gr.BrowserState(None, storage_key="tinygpt-train-owner")  # this browser's runs, across reloads
+        api_stop = gr.Button(visible=False)  # the /stop_training endpoint's event (API clients own by session)
         api_trigger = gr.Button(visible=False)  # the /train endpoint's event: an API call, never a click
         progress = gr.Textbox(visible=False)  # its output
 
     def show(run: TrainingRun):
         return run.outcome(), run.log_text(), run.curve(), str(run.folder) if run.finished else gr.skip()
 
-    def follow(starter):
+    def follow(starter, token=None):
+        """Page updates of the run `starter` starts; the first also stores `token` in the browser (if given)."""
+        stored = gr.skip() if token is None else token
         try:
             run = starter()
         except TrainingRequestError as error:
-            yield f"Error: {error}", gr.skip(), gr.skip(), gr.skip()
+            yield f"Error: {error}", gr.skip(), gr.skip(), gr.skip(), stored
             return
         for _ in runs.watch(run):
-            yield show(run)
+            yield *show(run), stored
+            stored = gr.skip()
 
-    def start(upload, preset, max_steps, n_layer, n_embd, block_size, batch_size, learning_rate, request: gr.Request):
+    def start(
+        upload, preset, max_steps, n_layer, n_embd, block_size, batch_size, learning_rate, token, request: gr.Request
+    ):
         # Named one by one: Gradio passes the request only to a parameter it can name (not after *args).
         values = (n_layer, n_embd, block_size, batch_size, learning_rate)
         chosen = {name: value for (name, _, _), value in zip(KNOBS, values, strict=True)}
-        yield from follow(lambda: runs.start(upload, preset, max_steps, request.session_hash, chosen))
+        if owner_of(token, None) is None:  # this browser's first run: it gets its token now
+            token = secrets.token_urlsafe(32)
+        yield from follow(lambda: runs.start(upload, preset, max_steps, token, chosen), token)
 
-    def resume(request: gr.Request):
-        yield from follow(lambda: runs.resume(request.session_hash))
+    def resume(token, request: gr.Request):
+        yield from follow(lambda: runs.resume(owner_of(token, request.session_hash)))
 
     def train(upload, preset, max_steps, request: gr.Request):
         """Train a model on `upload` (a text or chat JSON/JSONL file; None: the synthetic chat corpus); streams
@@ -103,16 +129,28 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
             raise gr.Error(run.outcome(), print_exception=False)
         yield f"done: {run.max_steps} steps{loss}; the model is in {run.folder}"
 
-    outputs = [status, log, curve, trained_folder]
+    outputs = [status, log, curve, trained_folder, owner_token]
     # concurrency_limit: a second Start is answered "busy" at once rather than queued behind the run.
     started = start_button.click(
-        start, [upload, preset, max_steps, *knobs], outputs, api_name=False, concurrency_limit=4
+        start, [upload, preset, max_steps, *knobs, owner_token], outputs, api_name=False, concurrency_limit=4
     )
-    resumed = resume_button.click(resume, None, outputs, api_name=False, concurrency_limit=4)
+    resumed = resume_button.click(resume, owner_token, outputs, api_name=False, concurrency_limit=4)
 
-    def stop(request: gr.Request):
+    def stop(token, request: gr.Request):
+        """Stop this browser's run, then show how it ended (the page may have been reloaded since it started)."""
+        message = runs.stop(owner_of(token, request.session_hash))
+        yield message, gr.skip(), gr.skip()
+        run = runs.current
+        if message.startswith("Stopping") and run is not None:
+            for _ in runs.watch(run):
+                pass
+            yield run.outcome(), run.log_text(), run.curve()
+
+    def stop_api(request: gr.Request):
+        """Stop the run this client started (`/train`)."""
         return runs.stop(request.session_hash)
 
-    stop_button.click(stop, None, status, api_name="stop_training")
+    stop_button.click(stop, owner_token, [status, log, curve], api_name=False, concurrency_limit=4)
+    api_stop.click(stop_api, None, status, api_name="stop_training")
     api_trigger.click(train, [upload, preset, max_steps], progress, api_name="train", concurrency_limit=4)
     return TrainTab(runs, trained_folder, [started, resumed])

@@ -159,19 +159,30 @@ def memory_bytes(device: str) -> int | None:
     return min(total, int(limit)) if limit.isdigit() else total
 
 
-def check_context_fits(run: RunArguments, config) -> None:
-    """Refuse a micro-batch of windows that cannot fit in memory; warn when a step would take minutes.
+def shape_parameters(n_layer: int, n_embd: int, vocab_size: int, block_size: int) -> int:
+    """About how many parameters a model of this shape has (12 n_embd^2 a block, plus the embeddings)."""
+    return n_layer * 12 * n_embd**2 + (vocab_size + block_size) * n_embd
 
-    Estimates, from the shape: a step keeps about 18 activations of width n_embd per layer and token for the
-    backward pass, plus the logits (and their softmax and gradient) over the vocabulary; the weights, gradients
-    and Adam's two moments are 16 bytes a parameter. SDPA never materializes the T x T attention matrix, but
-    its work grows with T: a step costs 6 x parameters + 6 x n_layer x T x n_embd FLOPs a token (causal).
+
+def training_bytes(n_layer: int, n_embd: int, vocab_size: int, block_size: int, batch: int, value_bytes: int) -> int:
+    """About the memory a training step of this shape takes: the weights, gradients and Adam's two moments are
+    16 bytes a parameter; a micro-batch keeps about 18 activations of width n_embd per layer and token for the
+    backward pass, plus the logits (and their softmax and gradient) over the vocabulary."""
+    per_token = n_layer * 18 * n_embd + 3 * vocab_size + 2 * n_embd
+    return batch * block_size * per_token * value_bytes + 16 * shape_parameters(n_layer, n_embd, vocab_size, block_size)
+
+
+def check_context_fits(run: RunArguments, config) -> None:
+    """Refuse a micro-batch of windows that cannot fit in memory (`training_bytes`); warn when a step would take
+    minutes. SDPA never materializes the T x T attention matrix, but its work grows with T: a step costs
+    6 x parameters + 6 x n_layer x T x n_embd FLOPs a token (causal).
     """
     t, T = run.training, config.n_positions
     value_bytes = 4 if run.policy.precision == "fp32" else 2
-    per_token = config.n_layer * 18 * config.n_embd + 3 * config.vocab_size + 2 * config.n_embd
-    parameters = config.n_layer * 12 * config.n_embd**2 + (config.vocab_size + T) * config.n_embd
-    needed = t.per_device_train_batch_size * T * per_token * value_bytes + 16 * parameters
+    parameters = shape_parameters(config.n_layer, config.n_embd, config.vocab_size, T)
+    needed = training_bytes(
+        config.n_layer, config.n_embd, config.vocab_size, T, t.per_device_train_batch_size, value_bytes
+    )
     available = memory_bytes(run.policy.device)
     if available is not None and needed > available:
         raise TrainingSetupError(

@@ -7,6 +7,8 @@
   weights. A checkpoint that cannot be written ends the run with one line; the checkpoint it was writing is
   removed, and every earlier file is as it was.
 - After training, the exam (held-out questions of the synthetic task) and the sample decode through the engine.
+- A run stops cleanly on Ctrl-C, or once $TINYGPT_STOP_FILE exists (tinygpt.training.stopping): exit code 130, its
+  checkpoints kept, no final model.
 """
 
 import json
@@ -65,6 +67,7 @@ from tinygpt.training.run_dir import (
     run_settings,
     write_failure,
 )
+from tinygpt.training.stopping import TrainingStopped, stop_file_callback
 
 # ----------------------------------------------------------------------------------------------------------
 # Model and tokenizer
@@ -309,6 +312,9 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
         print(f"training {model.num_parameters() / 1e6:.2f}M parameters on {data.description}")
 
     trainer = build_trainer(model, tokenizer, args, data, run.model.muon_lr)
+    stopper = stop_file_callback()  # $TINYGPT_STOP_FILE: a stop asked for without a signal (the app's Stop)
+    if stopper is not None:
+        trainer.add_callback(stopper)
     if finished:  # its final save was lost (or it came from elsewhere): evaluate the checkpoint's weights and save
         if is_main:
             print(
@@ -325,6 +331,8 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
                 f"{resume_from} holds a pickled file (its optimizer or random state) that is not plain tensors, "
                 "which torch will not read: resume from another checkpoint, or start over."
             ) from None
+        if stopper is not None and stopper.stopped_at is not None:  # its checkpoint is saved; no final model
+            raise TrainingStopped(stopper.stopped_at)
     eval_metrics = final_evaluation(trainer)
     if not math.isfinite(eval_metrics["eval_loss"]):  # NaN weights: nothing worth saving over what is there
         raise TrainingSetupError(
@@ -377,5 +385,8 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("train.py: interrupted; continue with --resume_from_checkpoint", file=sys.stderr)
+        return 130
+    except TrainingStopped as stop:  # the stop file: as Ctrl-C, with a checkpoint of the step it stopped at
+        print(f"train.py: {stop}, checkpoint saved; continue with --resume_from_checkpoint", file=sys.stderr)
         return 130
     return 0

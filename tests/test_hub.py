@@ -28,6 +28,7 @@ MODEL_FILES = {
     "config.json",
     "configuration_tinygpt.py",
     "generation_config.json",
+    "loss.png",  # the training curve the card shows
     "model.safetensors",
     "modeling_tinygpt.py",
     "tokenization_tinygpt.py",

@@ -90,23 +90,13 @@ def check_weights(name_or_path: str | os.PathLike, config: TinyGPTConfig, revisi
             f"{weights_file}: token embedding is {wte_rows}x{wte_width} but config.json says "
             f"vocab_size={config.vocab_size}, n_embd={config.n_embd}; the weights belong to another config."
         )
-    # The depth, from the names alone, before a model of config.json's depth is even sketched.
-    blocks = {
-        int(name.split(".")[2]) for name in saved if name.startswith("transformer.h.") and name.split(".")[2].isdigit()
-    }
-    if len(blocks) != config.n_layer:
-        raise ModelLoadError(
-            f"{weights_file}: holds {len(blocks)} block(s) but config.json says n_layer={config.n_layer}; "
-            "the weights belong to another config."
-        )
     _check_every_weight(weights_file, saved, config)
 
 
 def _check_every_weight(weights_file: str, saved: dict[str, tuple], config: TinyGPTConfig) -> None:
     """Every tensor the config's model needs is there with its shape, and nothing else: else from_pretrained
     would fill the gaps with random weights (only logging "MISSING") or stop on a size-mismatch traceback."""
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = {name: tuple(tensor.shape) for name, tensor in TinyGPTForCausalLM(config).state_dict().items()}
+    expected = expected_shapes(config)
     if config.tie_word_embeddings:  # the tied head is not stored: it is the embedding
         for tied in TinyGPTForCausalLM._tied_weights_keys or {}:
             expected.pop(tied, None)
@@ -133,6 +123,25 @@ def _check_every_weight(weights_file: str, saved: dict[str, tuple], config: Tiny
                 f"{weights_file}: {name} is {'x'.join(map(str, saved[name]))} but config.json ({shape_text}) "
                 f"needs {'x'.join(map(str, shape))}; the weights belong to another config."
             )
+
+
+def expected_shapes(config: TinyGPTConfig) -> dict[str, tuple]:
+    """Every tensor name and shape of `config`'s model, from a sketch of one block (on the meta device: no memory)
+    repeated n_layer times: a config claiming a thousand layers costs no more to check than one of two."""
+    one_block = config.to_dict() | {"n_layer": 1}
+    one_block.pop("auto_map", None)
+    with torch.device("meta"):
+        sketch = TinyGPTForCausalLM(
+            TinyGPTConfig(**{k: v for k, v in one_block.items() if k in TinyGPTConfig.__dataclass_fields__})
+        )
+    expected = {}
+    for name, tensor in sketch.state_dict().items():
+        if name.startswith("transformer.h.0."):
+            for layer in range(config.n_layer):
+                expected[name.replace("transformer.h.0.", f"transformer.h.{layer}.", 1)] = tuple(tensor.shape)
+        else:
+            expected[name] = tuple(tensor.shape)
+    return expected
 
 
 def _check_json(path: str) -> None:

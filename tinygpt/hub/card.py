@@ -64,6 +64,9 @@ Chat with it in the Space [{{ space_id }}]({{ space_url }}).
 {%- if run.val_perplexity is not none %}
 | validation perplexity | {{ "%.3f" | format(run.val_perplexity) }} |
 {%- endif %}
+{%- if bits_per_byte is not none %}
+| validation bits per byte | {{ "%.4f" | format(bits_per_byte) }} |
+{%- endif %}
 {%- if run.exact_match is not none %}
 | held-out exact match ({{ run.heldout_questions }} questions) | {{ "%.1f" | format(100 * run.exact_match) }}% |
 {%- endif %}
@@ -133,6 +136,7 @@ def model_card(
 ) -> ModelCard:
     """The card of a model with `config` (a TinyGPTConfig, or a GPT2Config for a plain export) found at `where`
     (a repo id or a folder). `run`: a finished training run's RunSummary; `plain`: the plain GPT-2 export's card."""
+    bits_per_byte = getattr(run, "eval_bits_per_byte", None)  # None too in a metrics.json from before it existed
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -140,6 +144,7 @@ def model_card(
         # The Hub's base_model names a repo; a local folder is only mentioned in the text.
         base_model=run.init_from if run and run.init_from and not Path(run.init_from).exists() else None,
         model_name=title,
+        eval_results=[validation_result(run.data, bits_per_byte)] if bits_per_byte is not None else None,
     )
     return ModelCard.from_template(
         card_data,
@@ -149,6 +154,7 @@ def model_card(
         tokenizer=tokenizer,
         shape={field: getattr(config, field) for field in SHAPE_FIELDS},
         run=run,
+        bits_per_byte=bits_per_byte,
         plain=plain,
         prompt=json.dumps(run.sample[:12]) if run else None,  # the sample's opening as a Python string literal
         space_id=space_id,

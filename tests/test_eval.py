@@ -267,3 +267,26 @@ def test_bad_input_is_one_line_and_nothing_is_pushed(hub, evaluated_repo, tmp_pa
         assert result.returncode == 1 and len(lines) == 1, f"{name}: {result.stderr[-2000:]}"
         assert lines[0].startswith("tinygpt eval: error: ") and cases[name][2] in lines[0], f"{name}: {lines[0]}"
     assert len(HfApi(endpoint=hub).list_repo_commits(repo_id)) == commits_before
+
+
+# -- the app -----------------------------------------------------------------------------------------------------
+
+
+def test_the_apps_model_info_shows_the_cards_evaluation_results(tmp_path):
+    pytest.importorskip("gradio")
+    from huggingface_hub import EvalResult
+
+    from tinygpt.app.models import describe_model
+    from tinygpt.hub.card import merge_eval_results, validation_result
+
+    folder = char_model(tmp_path / "model", ASCII_TEXT)
+    assert "evaluation" not in describe_model(str(folder))[0]  # no card: nothing to show
+    task = EvalResult(
+        task_type="text-generation", dataset_type="arc_easy", dataset_name="arc_easy", metric_type="acc",
+        metric_value=0.3125, metric_config="5-shot",
+    )  # fmt: skip
+    card = merge_eval_results(ModelCard(""), [validation_result("text: a.txt", 2.5), task], model_name="m")
+    card.save(folder / "README.md")
+    info, _ = describe_model(str(folder))
+    assert "- evaluation: validation bits per byte 2.5000 on text: a.txt (validation)" in info
+    assert "- evaluation: acc 0.3125 on arc_easy (5-shot)" in info

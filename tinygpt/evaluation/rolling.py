@@ -3,10 +3,11 @@
 Default scoring is lm-eval's `loglikelihood_rolling` (lm_eval.models.huggingface.HFLM with
 lm_eval.utils.get_rolling_token_windows): the stream is preceded by the tokenizer's prefix token (HFLM's
 `prefix_token_id`: BOS, else EOS); the first window is [prefix] + tokens[:W-1] predicting tokens[:W], and each
-later window predicts the next W tokens from the W before them (the last, shorter one too, from a full window),
-so every token is scored exactly once. With a stride S < W the windows slide: after the first, each window
-scores only its last S tokens, so each of those is predicted from at least W - S tokens of context (W / S times the
-forward passes). Every window past the first is W tokens long, so a batch is a plain (B, W)
+later window predicts the next W tokens from the token before them and all but the last of them (disjoint windows:
+a window's first token sees one token of context, its last W); the last, shorter span is predicted from a whole
+window of W inputs. Every token is scored exactly once. With a stride S < W the windows slide: after the first,
+each window scores only its last S tokens, so each of those is predicted from at least W - S tokens of context
+(W / S times the forward passes). Every window past the first is W tokens long, so a batch is a plain (B, W)
 tensor: no padding, no attention mask.
 """
 

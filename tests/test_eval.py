@@ -204,7 +204,7 @@ def test_eval_push_puts_the_task_and_the_bits_per_byte_into_the_repos_card(hub, 
     pytest.importorskip("lm_eval")
     repo_id, workdir, card_before = evaluated_repo
     result = cli(
-        ["eval", repo_id, "--text_file", "text.txt", "--tasks", "shortdoc", "--include_path", "tasks",
+        ["eval", repo_id, "--text_file", "text.txt", "--tasks", "shortdoc", "--include_path", "tasks", "--limit", "1",
          "--output", "report.json", "--push"],
         hub, workdir,
     )  # fmt: skip

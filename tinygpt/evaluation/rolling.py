@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tinygpt.evaluation.bits import bits_per_byte
+from tinygpt.evaluation.errors import EvalError
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def prefix_token_id(tokenizer) -> int:
     """The token before the text, as lm-eval's HFLM chooses it: BOS, else EOS."""
     token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to put before the text")
+        raise EvalError("the model's tokenizer has neither a BOS nor an EOS token to put before the text: set one.")
     return token
 
 
@@ -104,7 +105,7 @@ def score_stream(
     bf16 autocast on CUDA. Log-probabilities are taken in float32 and summed in float64."""
     window = model.config.n_positions
     device = next(model.parameters()).device
-    seq = torch.cat([torch.tensor([prefix_id]), ids.to(torch.long).cpu()])
+    seq = torch.cat([torch.tensor([prefix_id], dtype=ids.dtype), ids.cpu()])  # int32 from a token stream: rows go long
     planned = windows(len(ids), window, stride)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     nats = 0.0
@@ -114,7 +115,7 @@ def score_stream(
         for first in range(0, len(planned), batch_size):
             batch = planned[first : first + batch_size]
             rows = [seq[w.start : w.end] for w in batch]  # input and targets: all one length (see windows())
-            tokens = torch.stack(rows).to(device, non_blocking=True)
+            tokens = torch.stack(rows).to(device, torch.long, non_blocking=True)
             logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
             batch_nats = torch.zeros((), device=device)
             for row, w in enumerate(batch):  # a row at a time: float32 log-probabilities of one window's logits

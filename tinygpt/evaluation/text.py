@@ -58,13 +58,13 @@ def text_bytes(documents: datasets.Dataset) -> int:
 
 
 def tokenize_text(tokenizer, text: EvalText) -> tuple[torch.Tensor, int]:
-    """(ids, UTF-8 bytes) of the text: ids as a 1-D LongTensor, no special tokens added."""
+    """(ids, UTF-8 bytes) of the text: ids as a 1-D int32 tensor, no special tokens added."""
     tokens, _ = tokenize_corpus(tokenizer, text.documents)
     stream = TokenStream(tokens)
     num_bytes = text_bytes(text.documents)
     if len(stream) == 0 or num_bytes == 0:
         raise DataError(f"{text.description} holds no text to score; give it some.")
-    return stream.to_tensor().long(), num_bytes
+    return stream.to_tensor(), num_bytes
 
 
 __all__ = ["EvalText", "read_eval_text", "text_bytes", "tokenize_text"]

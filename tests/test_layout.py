@@ -7,6 +7,7 @@ The layers, bottom to top (a module may import its own layer and those below, ne
     data       tinygpt/data/
     decoding   tinygpt/decoding/
     hub        tinygpt/hub/ (the one loader, pull, push, export, card, Space)
+    evaluation tinygpt/evaluation/ (bits per byte, lm-evaluation-harness, `tinygpt eval`)
     training   tinygpt/training/
     serving    tinygpt/serving/
     app        tinygpt/app/
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tinygpt"
-LAYERS = ["contract", "data", "decoding", "hub", "training", "serving", "app", "cli"]
+LAYERS = ["contract", "data", "decoding", "hub", "evaluation", "training", "serving", "app", "cli"]
 REMOTE_CODE = ("configuration_tinygpt", "modeling_tinygpt", "tokenization_tinygpt")
 MAX_LINES = 400
 

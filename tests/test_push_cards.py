@@ -54,7 +54,10 @@ def test_a_pushed_train_py_folder_has_a_card_naming_its_repo_and_its_space(train
     assert f"{hub}/spaces/carol/run-demo" in card
     assert "validation loss" in card and "![loss](loss.png)" in card  # the run's figures and its curve
     assert open(f"{repo}/loss.png", "rb").read() == (trained_folder / "loss.png").read_bytes()
-    assert ModelCard.load(f"{repo}/README.md").data.model_name == "carol/run"
+    pushed_card = ModelCard.load(f"{repo}/README.md")
+    assert pushed_card.data.model_name == "carol/run"
+    (result,) = pushed_card.data.eval_results  # train.py's validation bits per byte, from its metrics.json
+    assert result.metric_type == "bits_per_byte" and "validation bits per byte" in card
     assert (trained_folder / "README.md").read_text() == local_card  # the folder itself is never written to
 
 

@@ -11,6 +11,7 @@ import struct
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import tinygpt  # noqa: F401  (registers the tinygpt Auto classes)
@@ -116,8 +117,9 @@ def test_bare_resume_flag_means_the_newest_checkpoint():
 def test_text_run_prints_device_progress_losses_and_a_sample(text_run):
     result, output = text_run
     assert "device: cpu, precision: fp32" in result.stdout
-    assert "'loss':" in result.stdout and "'eval_loss':" in result.stdout
+    assert "'loss':" in result.stdout and "'eval_loss':" in result.stdout and "'eval_bits_per_byte':" in result.stdout
     assert "it/s]" in result.stderr  # the progress bar
+    assert " bits per byte), " in result.stdout  # the summary line gives it beside the loss
     assert "sample:" in result.stdout and f"saved to {output.relative_to(output.parent.parent)}" in result.stdout
 
 
@@ -161,9 +163,12 @@ def test_metrics_json_agrees_with_the_trainer_state(text_run):
     _, output = text_run
     metrics = json.loads((output / "metrics.json").read_text())
     state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
-    last_eval = [entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry][-1]
+    last_eval = [entry for entry in state["log_history"] if "eval_loss" in entry][-1]
     assert metrics["global_step"] == 4 and metrics["preset"] == "shakespeare-cpu"
-    assert metrics["val_loss"] == pytest.approx(last_eval, rel=1e-5)
+    assert metrics["val_loss"] == pytest.approx(last_eval["eval_loss"], rel=1e-5)
+    # Every evaluation logs bits per byte; an ASCII text in characters is one byte a token: loss / ln 2.
+    assert metrics["eval_bits_per_byte"] == pytest.approx(last_eval["eval_bits_per_byte"], rel=1e-5)
+    assert metrics["eval_bits_per_byte"] == pytest.approx(metrics["val_loss"] / math.log(2), rel=1e-5)
     assert metrics["val_perplexity"] == pytest.approx(math.exp(metrics["val_loss"]))
     assert metrics["tokens_seen"] == 4 * 4 * 32  # steps x batch x context
     assert metrics["tokens_per_second"] > 0 and metrics["wall_seconds"] > metrics["train_seconds"] > 0
@@ -180,6 +185,10 @@ def test_model_card_has_hub_metadata_shape_metrics_and_usage(text_run):
     assert "2 x 2 x 32" in card and f"{metrics['parameters']:,}" in card
     assert f"{metrics['val_loss']:.4f}" in card and "text: a.txt, b.txt, " in card and "rows.jsonl" in card
     assert "AutoModelForCausalLM.from_pretrained" in card and "pipeline(" in card and "![loss](loss.png)" in card
+    assert f"| validation bits per byte | {metrics['eval_bits_per_byte']:.4f} |" in card
+    (result,) = ModelCard.load(output / "README.md").data.eval_results  # the model-index the Hub shows
+    assert (result.metric_type, result.dataset_split) == ("bits_per_byte", "validation")
+    assert result.metric_value == pytest.approx(metrics["eval_bits_per_byte"], rel=1e-5)
 
 
 def test_a_second_run_on_the_same_text_reuses_the_tokenized_cache(workdir):
@@ -273,6 +282,9 @@ def test_chat_file_with_bpe_learns_from_assistant_tokens_only(workdir):
     assert metrics["val_loss"] < 1.0, metrics["val_loss"]
     assert metrics["sample"].endswith("<assistant>:ok<EOS>")
     tokenizer = tinygpt.AutoTokenizer.from_pretrained(output)  # the trained BPE, saved as tokenizer.json
+    # Bits per byte of the replies: each is "ok" (2 bytes) and <EOS> (no bytes, but a loss) in the labelled tokens.
+    labelled = len(tokenizer("ok", add_special_tokens=False)["input_ids"]) + 1
+    assert metrics["eval_bits_per_byte"] == pytest.approx(metrics["val_loss"] / math.log(2) / (2 / labelled), rel=1e-5)
     assert (output / "tokenizer.json").is_file() and 256 < len(tokenizer) <= 300
     assert json.loads((output / "config.json").read_text())["vocab_size"] == 64 * math.ceil(len(tokenizer) / 64)
     assert json.loads((output / "generation_config.json").read_text())["do_sample"] is False

@@ -7,6 +7,7 @@
     tinygpt push DIR owner/name               upload a saved model folder to the Hub
     tinygpt pull owner/name [DIR]             download one (into the HF cache, or into DIR)
     tinygpt export MODEL OUT                  write it as plain GPT-2 (--format hf) or as GGUF (--format gguf)
+    tinygpt eval MODEL --text_file F          bits per byte of a text; --tasks T runs lm-evaluation-harness
     tinygpt serve MODEL [--port 8000]         an OpenAI-compatible API (/v1/chat/completions, ...) on 127.0.0.1
 
 Thin on purpose: each command parses its arguments and calls the package (tinygpt.hub.loader, tinygpt.decoding.chat,
@@ -36,6 +37,7 @@ from transformers import set_seed  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from tinygpt import __version__  # noqa: E402
+from tinygpt.data.errors import DataError  # noqa: E402
 from tinygpt.decoding.chat import ChatModel, DecodingOptions, text_pieces  # noqa: E402
 from tinygpt.decoding.engine import Engine  # noqa: E402
 from tinygpt.decoding.flags import (  # noqa: E402
@@ -48,6 +50,8 @@ from tinygpt.decoding.flags import (  # noqa: E402
     seed,
 )
 from tinygpt.decoding.sampling import settings_from  # noqa: E402
+from tinygpt.evaluation.errors import EvalError  # noqa: E402
+from tinygpt.evaluation.flags import add_eval_arguments  # noqa: E402
 from tinygpt.hub.checks import ModelLoadError  # noqa: E402
 from tinygpt.hub.export import DTYPES, FORMATS, ExportError, export_model  # noqa: E402
 from tinygpt.hub.loader import load, model_folder  # noqa: E402
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         check_decoding_arguments(parser, args)
     try:
         return args.run(args)
-    except (HubError, ModelLoadError, ExportError, OSError) as error:  # OSError: serve's port is taken
-        print(f"tinygpt {args.command}: error: {error}", file=sys.stderr)
+    except (HubError, ModelLoadError, ExportError, EvalError, DataError, OSError) as error:  # OSError: a taken port
+        print(f"tinygpt {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -150,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_arguments(serve, default_port=8000)
     add_decoding_arguments(serve)
     serve.set_defaults(run=run_serve)
+
+    evaluate = commands.add_parser(
+        "eval", help="bits per byte of a text, and lm-evaluation-harness tasks", description=run_eval.__doc__
+    )
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(run=run_eval)
     return parser
 
 
@@ -329,6 +339,17 @@ def run_export(args: argparse.Namespace) -> int:
     out = export_model(model_folder(args.model), args.out, format=args.format, dtype=dtype)
     print(f"exported {args.model} as {args.format} ({dtype}) to {out}")
     return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Bits per byte of a text (lm-eval's rolling loglikelihood: disjoint windows of the model's context after its
+    BOS token, summed negative log-likelihood / ln 2 / UTF-8 bytes), with tokens, bytes, nats per token, perplexity
+    and the time taken; --stride S slides the windows instead. --tasks runs lm-evaluation-harness tasks on the
+    loaded model in this process (the eval extra). --output writes every figure as JSON; --push merges them into
+    the model-index of the Hub repo's card."""
+    from tinygpt.evaluation.command import run_eval as evaluate  # datasets and lm_eval only when it runs
+
+    return evaluate(args)
 
 
 def load_quietly(model: str):

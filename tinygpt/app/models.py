@@ -25,6 +25,7 @@ from huggingface_hub import constants  # noqa: E402
 
 from tinygpt.decoding.chat import ChatModel, DecodingOptions  # noqa: E402
 from tinygpt.decoding.sampling import settings_from  # noqa: E402
+from tinygpt.hub.card import read_eval_results  # noqa: E402
 from tinygpt.hub.checks import ModelLoadError  # noqa: E402
 from tinygpt.hub.loader import load, model_folder  # noqa: E402
 from tinygpt.hub.push import push_model  # noqa: E402
@@ -194,9 +195,20 @@ def describe_model(folder: str | None) -> tuple[str, str | None]:
         f"- context: {config.n_positions} tokens; {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide",
         f"- tokenizer: {type(tokenizer).__name__}, {len(tokenizer):,} tokens (vocab size {config.vocab_size:,})",
         f"- eval loss: {eval_loss:.4f}" if eval_loss is not None else "- eval loss: not recorded",
+        *(f"- evaluation: {eval_result_text(result)}" for result in read_eval_results(Path(folder) / "README.md")),
     ]
     loss_plot = Path(folder) / "loss.png"
     return "\n".join(lines), str(loss_plot) if loss_plot.is_file() else None
+
+
+def eval_result_text(result) -> str:
+    """One model-index entry of a card in words: "bits per byte 2.4510 on text.txt (validation, rolling)"."""
+    value = result.metric_value
+    shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+    details = ", ".join(str(part) for part in (result.dataset_split, result.metric_config) if part)
+    return f"{result.metric_name or result.metric_type} {shown} on {result.dataset_name}" + (
+        f" ({details})" if details else ""
+    )
 
 
 # -- the Model and Hub tabs' events ------------------------------------------------------------------------

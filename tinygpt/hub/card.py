@@ -4,13 +4,14 @@ Three places write one: a training run (its figures, loss curve and sample), a p
 (its shape and how to load it), and an export to plain GPT-2 (how to load it without tinygpt, with vLLM too). They
 share this template, so the shape table, the usage and the Space link read the same everywhere; each section
 appears only when its facts are known. The YAML front matter (library_name, pipeline_tag, tags, base_model) is
-what the Hub reads.
+what the Hub reads; a run's validation bits per byte, and what `tinygpt eval --push` measures, go in its
+model-index (`ModelCardData.eval_results`), which the Hub shows as the model's evaluation results.
 """
 
 import json
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = """---
 {{ card_data }}
@@ -62,6 +63,9 @@ Chat with it in the Space [{{ space_id }}]({{ space_url }}).
 {%- endif %}
 {%- if run.val_perplexity is not none %}
 | validation perplexity | {{ "%.3f" | format(run.val_perplexity) }} |
+{%- endif %}
+{%- if bits_per_byte is not none %}
+| validation bits per byte | {{ "%.4f" | format(bits_per_byte) }} |
 {%- endif %}
 {%- if run.exact_match is not none %}
 | held-out exact match ({{ run.heldout_questions }} questions) | {{ "%.1f" | format(100 * run.exact_match) }}% |
@@ -132,6 +136,7 @@ def model_card(
 ) -> ModelCard:
     """The card of a model with `config` (a TinyGPTConfig, or a GPT2Config for a plain export) found at `where`
     (a repo id or a folder). `run`: a finished training run's RunSummary; `plain`: the plain GPT-2 export's card."""
+    bits_per_byte = getattr(run, "eval_bits_per_byte", None)  # None too in a metrics.json from before it existed
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -139,6 +144,7 @@ def model_card(
         # The Hub's base_model names a repo; a local folder is only mentioned in the text.
         base_model=run.init_from if run and run.init_from and not Path(run.init_from).exists() else None,
         model_name=title,
+        eval_results=[validation_result(run.data, bits_per_byte)] if bits_per_byte is not None else None,
     )
     return ModelCard.from_template(
         card_data,
@@ -148,6 +154,7 @@ def model_card(
         tokenizer=tokenizer,
         shape={field: getattr(config, field) for field in SHAPE_FIELDS},
         run=run,
+        bits_per_byte=bits_per_byte,
         plain=plain,
         prompt=json.dumps(run.sample[:12]) if run else None,  # the sample's opening as a Python string literal
         space_id=space_id,
@@ -158,4 +165,37 @@ def model_card(
     )
 
 
-__all__ = ["model_card"]
+def validation_result(data: str, bits_per_byte: float) -> EvalResult:
+    """A training run's validation bits per byte as a model-index entry (`data`: the run's data in words)."""
+    return EvalResult(
+        task_type="text-generation",
+        task_name="Language modeling",
+        dataset_type="text",
+        dataset_name=data,
+        dataset_split="validation",
+        metric_type="bits_per_byte",
+        metric_name="validation bits per byte",
+        metric_value=round(bits_per_byte, 6),
+    )
+
+
+def merge_eval_results(card: ModelCard, results: list[EvalResult], model_name: str) -> ModelCard:
+    """`card` with `results` in its model-index: each replaces an entry that differs from it only in value, the
+    rest are added; nothing else in the card changes. `model_name` names the model-index where the card has none."""
+    kept = [old for old in card.data.eval_results or [] if not any(old.is_equal_except_value(new) for new in results)]
+    card.data.model_name = card.data.model_name or model_name
+    card.data.eval_results = kept + list(results)
+    return card
+
+
+def read_eval_results(readme: str | Path) -> list[EvalResult]:
+    """The model-index of a card file ([] when there is none, or no card, or one the library cannot parse)."""
+    if not Path(readme).is_file():  # ModelCard.load would take the name for a repo id and ask the Hub
+        return []
+    try:
+        return ModelCard.load(readme, ignore_metadata_errors=True).data.eval_results or []
+    except (OSError, ValueError):
+        return []
+
+
+__all__ = ["merge_eval_results", "model_card", "read_eval_results", "validation_result"]

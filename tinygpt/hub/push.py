@@ -11,6 +11,8 @@ Design notes
   push cannot carry a server's file. Nothing else in the folder (checkpoints, logs, scripts) is uploaded, and
   the folder itself is never written to: the card is written into the staging folder, and goes up in the same
   commit as the files.
+- `push_eval_results` (tinygpt eval --push) commits only README.md: the repo's own card with the results merged
+  into its model-index, on top of the commit it was read from (a push in between fails rather than being lost).
 - `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.hub.export_hf),
   and a Gradio Space running that folder at this commit is created after it (tinygpt.hub.space).
 """
@@ -23,10 +25,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jinja2
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import EvalResult, HfApi, ModelCard
+from huggingface_hub.errors import EntryNotFoundError
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
-from tinygpt.hub.card import model_card
+from tinygpt.hub.card import merge_eval_results, model_card
 from tinygpt.hub.checks import ModelLoadError, check_weights, load_config
 from tinygpt.hub.export import ExportError, export_to_temp, load_for_export
 from tinygpt.hub.remote import CODE_MODULES, MODEL_FILES, HubError, hub_errors, public_url, validate_repo_id
@@ -82,6 +85,39 @@ def push_model(
         with hub_errors(space_id, api.endpoint, token, action="push to"):
             push_space(api, space_id, repo_id, commit.oid, private=private)
     return public_url(str(repo_url))
+
+
+def push_eval_results(
+    repo_id: str,
+    results: list[EvalResult],
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str = "Evaluation results (tinygpt eval)",
+) -> str:
+    """Merge `results` into the model-index of `repo_id`'s card (README.md; a new card where it has none) and commit
+    the card alone; nothing else in it changes. Returns the commit's URL."""
+    repo_id = validate_repo_id(repo_id)
+    api = HfApi(endpoint=endpoint, token=token)
+    with hub_errors(repo_id, api.endpoint, token, action="push to"):
+        revision = api.model_info(repo_id).sha
+        try:
+            card = ModelCard.load(api.hf_hub_download(repo_id, "README.md", revision=revision))
+        except EntryNotFoundError:
+            card = ModelCard("")
+        except ValueError as error:  # a model-index the library cannot parse: merging would drop it
+            raise HubError(
+                f"the card (README.md) of {repo_id} has metadata that cannot be read ({error}); fix it first."
+            ) from None
+        merge_eval_results(card, results, model_name=repo_id)
+        commit = api.upload_file(
+            path_or_fileobj=str(card).encode(),
+            path_in_repo="README.md",
+            repo_id=repo_id,
+            commit_message=commit_message,
+            parent_commit=revision,
+        )
+    return public_url(commit.commit_url)
 
 
 def _check_own_file(model_dir: Path, path: Path) -> None:

@@ -21,6 +21,7 @@ from tinygpt.data.conversations import conversation_dataset, read_conversations
 from tinygpt.data.synthetic_chat import make_synthetic_chat
 from tinygpt.data.text import streamed_windows, text_documents
 from tinygpt.data.token_stream import TokenStream, TokenWindows, WindowCollator, split_point, tokenize_corpus
+from tinygpt.evaluation.bits import MAX_COUNTED_TOKENS, labelled_bytes_per_token, stream_bytes_per_token
 from tinygpt.training.args import DataArguments, RunArguments, TrainingSetupError
 
 # ----------------------------------------------------------------------------------------------------------
@@ -37,6 +38,9 @@ class TrainingData:
     sample_prompt: torch.Tensor  # (1, T) ids to show a sample from
     chat: bool  # conversations (a chat model) rather than plain text
     heldout: list | None = None  # synthetic questions scored by exact match
+    # UTF-8 bytes of the validation text per token (conversations: of the replies per labelled token), which turns
+    # the validation loss into bits per byte (eval_bits_per_byte); None when unknown
+    bytes_per_token: float | None = None
 
 
 def read_sources(data: DataArguments, seed: int):
@@ -121,6 +125,7 @@ def token_window_data(
         tokens_per_example=block_size,
         sample_prompt=stream.windows([n_train], min(16, block_size // 2)),
         chat=False,
+        bytes_per_token=stream_bytes_per_token(tokenizer, stream.read(n_train, min(n_val, MAX_COUNTED_TOKENS))),
     )
 
 
@@ -141,6 +146,7 @@ def streamed_window_data(run: RunArguments, tokenizer, block_size: int, descript
         tokens_per_example=block_size,
         sample_prompt=eval_dataset[0]["input_ids"][None, : min(16, block_size // 2)],
         chat=False,
+        bytes_per_token=stream_bytes_per_token(tokenizer, torch.cat([row["input_ids"] for row in eval_dataset])),
     )
 
 
@@ -229,4 +235,5 @@ def conversation_data(
         sample_prompt=sample_prompt["input_ids"],
         chat=True,
         heldout=heldout,
+        bytes_per_token=labelled_bytes_per_token(tokenizer, eval_dataset["input_ids"], eval_dataset["labels"]),
     )

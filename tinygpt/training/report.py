@@ -55,6 +55,7 @@ class RunSummary:
     init_from: str | None = None  # the model this run fine-tuned
     chat: bool = False  # trained on conversations (the card then shows chat usage)
     sample: str = ""
+    eval_bits_per_byte: float | None = None  # the validation loss per UTF-8 byte of the validation text, in bits
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -159,13 +160,15 @@ def summarize(
         init_from=run.model.init_from,
         chat=data.chat,
         sample=sample_text(model, tokenizer, data.sample_prompt, seed=args.seed),
+        eval_bits_per_byte=eval_metrics.get("eval_bits_per_byte"),
     )
 
 
 def print_summary(summary: RunSummary, output_dir: Path) -> None:
     print(f"\nsample:\n{summary.sample}\n")
     shown = "over e^50" if summary.val_perplexity is None else f"{summary.val_perplexity:.2f}"
-    figures = [f"val loss {summary.val_loss:.4f} (perplexity {shown})"]
+    bits = "" if summary.eval_bits_per_byte is None else f", {summary.eval_bits_per_byte:.4f} bits per byte"
+    figures = [f"val loss {summary.val_loss:.4f} (perplexity {shown}{bits})"]
     if summary.exact_match is not None:
         figures.append(
             f"exact match {100 * summary.exact_match:.1f}% on {summary.heldout_questions} held-out questions"

@@ -37,6 +37,7 @@ from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.data.errors import DataError, first_line
 from tinygpt.data.token_stream import corpus_characters
 from tinygpt.data.tokenizers import build_tokenizer
+from tinygpt.evaluation.bits import loss_bits_per_byte
 from tinygpt.hub.checks import ModelLoadError
 from tinygpt.hub.loader import load, names_hub_repo
 from tinygpt.hub.remote import HubError
@@ -164,7 +165,18 @@ def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str 
 
 
 class TinyGPTTrainer(Trainer):
-    """The Trainer, with a checkpoint that cannot be written turned into one line (see `write_failure`)."""
+    """The Trainer, with a checkpoint that cannot be written turned into one line (see `write_failure`), and each
+    evaluation's loss given in bits per byte too (`eval_bits_per_byte`, logged and reported like eval_loss)."""
+
+    bytes_per_token: float | None = None  # of the validation text (TrainingData.bytes_per_token)
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        loss = output.metrics.get(f"{prefix}_loss")
+        if self.bytes_per_token and loss is not None:
+            output.metrics[f"{prefix}_bits_per_byte"] = loss_bits_per_byte(loss, self.bytes_per_token)
+        return output
 
     def _save_checkpoint(self, model, trial):
         try:
@@ -205,7 +217,7 @@ def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
         )
-    return TinyGPTTrainer(
+    trainer = TinyGPTTrainer(
         model=model,
         args=args,
         train_dataset=data.train_dataset,
@@ -214,6 +226,8 @@ def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData,
         processing_class=tokenizer,  # saved into every checkpoint, so a resumed run keeps its vocabulary
         optimizers=(optimizer, None),  # the LR schedule is always the Trainer's
     )
+    trainer.bytes_per_token = data.bytes_per_token
+    return trainer
 
 
 def final_evaluation(trainer: Trainer) -> dict:

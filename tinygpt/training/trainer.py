@@ -28,7 +28,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     Trainer,
     TrainerState,
-    TrainingArguments,
     set_seed,
 )
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
@@ -37,14 +36,12 @@ from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.data.errors import DataError, first_line
 from tinygpt.data.token_stream import corpus_characters
 from tinygpt.data.tokenizers import build_tokenizer
-from tinygpt.evaluation.bits import loss_bits_per_byte
 from tinygpt.hub.checks import ModelLoadError
 from tinygpt.hub.loader import load, names_hub_repo
 from tinygpt.hub.remote import HubError
 from tinygpt.modeling_tinygpt import TinyGPTForCausalLM
 from tinygpt.tokenization_tinygpt import load_gpt2_chat_tokenizer
 from tinygpt.training.args import (
-    LATEST,
     SHAPE_FLAGS,
     ModelArguments,
     RunArguments,
@@ -52,8 +49,8 @@ from tinygpt.training.args import (
     check_arguments,
     parse_args,
 )
-from tinygpt.training.corpus import TrainingData, check_context_fits, conversation_data, read_sources, token_window_data
-from tinygpt.training.muon import MuonWithAdamW
+from tinygpt.training.corpus import check_context_fits, conversation_data, read_sources, token_window_data
+from tinygpt.training.hf_trainer import build_trainer
 from tinygpt.training.report import RunSummary, model_card, plot_losses, print_summary, summarize, write_metrics
 from tinygpt.training.run_dir import (
     RUN_SETTINGS_FILE,
@@ -61,7 +58,6 @@ from tinygpt.training.run_dir import (
     RunWriteError,
     check_checkpoint_run,
     check_output_dir,
-    checkpoint_problem,
     checkpoint_step,
     checkpoint_to_resume,
     final_model_step,
@@ -162,72 +158,6 @@ def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str 
                 f"--init_from {run.model.init_from} ({len(tokenizer)} tokens); drop --tokenizer to use the model's own."
             )
     return model, tokenizer
-
-
-class TinyGPTTrainer(Trainer):
-    """The Trainer, with a checkpoint that cannot be written turned into one line (see `write_failure`), and each
-    evaluation's loss given in bits per byte too (`eval_bits_per_byte`, logged and reported like eval_loss)."""
-
-    bytes_per_token: float | None = None  # of the validation text (TrainingData.bytes_per_token)
-
-    def evaluation_loop(self, *args, **kwargs):
-        output = super().evaluation_loop(*args, **kwargs)
-        prefix = kwargs.get("metric_key_prefix", "eval")
-        loss = output.metrics.get(f"{prefix}_loss")
-        if self.bytes_per_token and loss is not None:
-            output.metrics[f"{prefix}_bits_per_byte"] = loss_bits_per_byte(loss, self.bytes_per_token)
-        return output
-
-    def _save_checkpoint(self, model, trial):
-        try:
-            super()._save_checkpoint(model, trial)
-        except WRITE_ERRORS as error:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            problem = write_failure(error, folder, "a checkpoint")  # judged before the partial folder goes
-            if self.args.should_save and folder.is_dir() and checkpoint_problem(folder):
-                shutil.rmtree(folder, ignore_errors=True)  # incomplete: free its space, nothing refers to it
-            newest, _ = checkpoint_to_resume(LATEST, folder.parent)
-            then = (
-                f"the earlier checkpoints are intact: free some space, then continue from {Path(newest).name} "
-                "with --resume_from_checkpoint."
-                if newest
-                else "no earlier checkpoint was written: free some space, then run again."
-            )
-            self.close_progress_bars()
-            raise RunWriteError(f"{problem}; {then}") from error
-
-    def close_progress_bars(self) -> None:
-        """Clear the progress bar now: closed at exit instead, it would print below the error line."""
-        for callback in self.callback_handler.callbacks:
-            for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
-                if bar is not None:
-                    bar.leave = False
-                    bar.close()
-
-
-def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData, muon_lr: float | None) -> Trainer:
-    """The one place the Trainer is made (speed work on the training loop starts here)."""
-    optimizer = None  # None: the Trainer's own, from --optim
-    if muon_lr is not None:
-        optimizer = MuonWithAdamW(
-            model,
-            muon_lr=muon_lr,
-            lr=args.learning_rate,
-            weight_decay=args.weight_decay,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-        )
-    trainer = TinyGPTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train_dataset,
-        eval_dataset=data.eval_dataset,
-        data_collator=data.collator,
-        processing_class=tokenizer,  # saved into every checkpoint, so a resumed run keeps its vocabulary
-        optimizers=(optimizer, None),  # the LR schedule is always the Trainer's
-    )
-    trainer.bytes_per_token = data.bytes_per_token
-    return trainer
 
 
 def final_evaluation(trainer: Trainer) -> dict:

@@ -28,6 +28,7 @@ MODEL_FILES = {
     "config.json",
     "configuration_tinygpt.py",
     "generation_config.json",
+    "loss.png",  # the chat fixture's curve, which a push carries since its card shows it
     "model.safetensors",
     "modeling_tinygpt.py",
     "tokenization_tinygpt.py",

@@ -13,6 +13,8 @@ Design notes
   line the log. Steps are counted from the logging schedule the app itself passes.
 - Stop sends SIGINT, which train.py turns into a clean exit (code 130) that keeps its checkpoints; resume reruns
   the same command with a bare `--resume_from_checkpoint`, which continues from the newest complete one.
+- A base (a model folder the Model tab lists, checked like its picker's choices) makes the run a fine-tune
+  (`--init_from`), and with an r a LoRA adapter (`--lora_r`): a small folder the picker lists too.
 - Files: an upload is copied into the app's own data folder (a private temporary folder, never served) under a
   generated name, and that name never leaves the server: log lines and errors show the file's own name. The run
   folder's name is generated too; no user input becomes a path.
@@ -34,11 +36,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinygpt.app.models import local_choice_folder
+from tinygpt.hub.checks import ModelLoadError
 from tinygpt.training.presets import PRESETS
 
 TRAIN_MODULE = "tinygpt.training"  # run as `python -m`: the installed package trains, no checkout needed
 CHAT_SUFFIXES = (".json", ".jsonl")  # trained as conversations (--chat_file); anything else is plain text
 MAX_STEPS_LIMIT = 1_000_000
+MAX_LORA_R = 1024
 LOG_LINES_SHOWN = 200
 POLL_SECONDS = 0.3  # how often a watching page looks for new output
 STOP_GRACE_SECONDS = 60  # after SIGINT, how long train.py may take to exit before SIGTERM
@@ -93,7 +98,8 @@ class TrainingRun:
 
     @property
     def finished(self) -> bool:
-        return not self.running and self.process.returncode == 0 and (self.folder / "config.json").is_file()
+        saved = (self.folder / "config.json").is_file() or (self.folder / "adapter_config.json").is_file()
+        return not self.running and self.process.returncode == 0 and saved
 
     def outcome(self) -> str:
         """One Markdown line: where the run stands."""
@@ -158,13 +164,21 @@ class TrainingRuns:
         self.lock = threading.Lock()
 
     def start(
-        self, upload: str | None, preset: str, max_steps, session_hash: str | None, knobs: dict | None = None
+        self,
+        upload: str | None,
+        preset: str,
+        max_steps,
+        session_hash: str | None,
+        knobs: dict | None = None,
+        base: str | None = None,
+        lora_r=None,
     ) -> TrainingRun:
-        """Start a run (after checking its inputs) or raise TrainingRequestError: busy, a bad value."""
+        """Start a run (after checking its inputs) or raise TrainingRequestError: busy, a bad value. `base`: a model
+        folder in models_dir to fine-tune; `lora_r` (with a base): train a LoRA adapter of that rank on it."""
         if preset not in PRESETS:
             raise TrainingRequestError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
         max_steps = whole_number("max steps", max_steps, 1, MAX_STEPS_LIMIT)
-        flags = []
+        flags = self.base_flags(base, lora_r)
         for name, label, kind in KNOBS:
             value = (knobs or {}).get(name)
             if value not in (None, "", 0):  # a blank Number arrives as 0 from the page
@@ -174,7 +188,7 @@ class TrainingRuns:
                 ]
         with self.lock:
             self.refuse_if_busy(session_hash)
-            name = self.new_run_name(preset)
+            name = self.new_run_name(("lora-" if "--lora_r" in flags else "") + preset)
             folder = self.models_dir / name
             shown_names = {}
             if upload:
@@ -199,6 +213,22 @@ class TrainingRuns:
             )
             self.launch(run)
             return run
+
+    def base_flags(self, base: str | None, lora_r) -> list[str]:
+        """--init_from (a folder the picker would accept) and --lora_r, as the page chose them."""
+        lora = lora_r not in (None, "", 0)  # a blank Number arrives as 0 from the page
+        if not base:
+            if lora:
+                raise TrainingRequestError("a LoRA adapter trains on a base model: choose the base first.")
+            return []
+        try:
+            folder = local_choice_folder(base, self.models_dir)
+        except ModelLoadError as error:
+            raise TrainingRequestError(f"base model: {error}") from None
+        flags = ["--init_from", folder]
+        if lora:
+            flags += ["--lora_r", str(whole_number("LoRA r", lora_r, 1, MAX_LORA_R))]
+        return flags
 
     def resume(self, session_hash: str | None) -> TrainingRun:
         """Continue the last run that was stopped or failed, from its newest complete checkpoint."""

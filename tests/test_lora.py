@@ -137,6 +137,30 @@ def test_a_lora_run_writes_a_peft_adapter_and_no_full_weights(adapter, base):
     assert not (checkpoint / "model.safetensors").exists()
 
 
+def first_loss(output: Path, step: int = 2) -> float:
+    history = json.loads((output / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
+    return next(entry["loss"] for entry in history if entry.get("step") == 1 and "loss" in entry)
+
+
+def test_a_lora_chat_run_masks_the_loss_as_a_full_fine_tune_does(work, base):
+    """PEFT starts every lora_B at zero, so a LoRA run's first batch meets the base itself: its loss equals a full
+    fine-tune's on the same conversations only if both score the same (assistant-only) tokens."""
+    conversation = {"messages": [{"role": "user", "content": "the king"}, {"role": "assistant", "content": "and song"}]}
+    chats = work / "chats.jsonl"
+    chats.write_text((json.dumps(conversation) + "\n") * 40)
+    runs = {}
+    for name, flags in (("chat-lora", ["--lora_r", "8"]), ("chat-full", [])):
+        runs[name] = work / name
+        result = run_train(
+            "--init_from", base, *flags, "--chat_file", chats, "--max_steps", "2", "--save_steps", "2",
+            "--output_dir", runs[name], *SCHEDULE, cwd=work,
+        )  # fmt: skip
+        assert result.returncode == 0, describe(result)
+    assert first_loss(runs["chat-lora"]) == pytest.approx(first_loss(runs["chat-full"]), rel=1e-5)
+    assert json.loads((runs["chat-lora"] / "metrics.json").read_text())["chat"] is True
+    assert json.loads((runs["chat-lora"] / "generation_config.json").read_text())["do_sample"] is False
+
+
 PEFT_WITHOUT_TINYGPT = textwrap.dedent(
     """
     import sys

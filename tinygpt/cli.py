@@ -304,7 +304,8 @@ def run_push(args: argparse.Namespace) -> int:
     """Upload a saved model folder to a Hub repo, creating the repo if needed: the safetensors weights,
     config.json, generation_config.json, the tokenizer files, tinygpt's own code files (from the installed
     package, for the modules auto_map names), and a README.md model card (generated when the folder has none).
-    Prints the repo URL."""
+    A LoRA adapter's folder goes up alone: its adapter files, the tokenizer and a card naming its base, which must be
+    a Hub repo. Prints the repo URL."""
     validate_repo_id(args.repo_id)
     token = None
     if get_token() is None and sys.stdin.isatty():

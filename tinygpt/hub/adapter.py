@@ -92,8 +92,12 @@ def merge_adapter(base_model, folder: str | os.PathLike):
     peft = import_peft(folder)
     saved = adapter_weight_names(folder)
     try:
-        model = peft.PeftModel.from_pretrained(base_model, str(folder))
-    except (ValueError, RuntimeError, KeyError, TypeError) as error:
+        config = peft.LoraConfig.from_pretrained(str(folder))
+        # The file's weights replace the initial ones anyway: a costly or data-driven initialisation the config may
+        # ask for (SVD, LoftQ, EVA) never runs.
+        config.init_lora_weights, config.inference_mode = True, True
+        model = peft.PeftModel.from_pretrained(base_model, str(folder), config=config)
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError, ImportError) as error:
         raise ModelLoadError(
             f"{folder}: the adapter does not fit its base model ({first_line(error)}); pair it with the base it was "
             "trained on."

@@ -6,6 +6,8 @@ checks what comes down and turns the library's exceptions into a `HubError` whos
 the fix.
 
 Design notes
+- A LoRA adapter's repo (tinygpt.hub.adapter) comes down as its adapter files and tokenizer; its config must name
+  its base by Hub repo id (a pulled adapter never points the loader at a folder of this machine).
 - What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
   error, not a stale cached copy returned in silence (snapshot_download's fallback); the error says when a
   cached copy exists and how to use it (HF_HUB_OFFLINE=1). A repo whose file list names an absolute path or
@@ -92,7 +94,8 @@ def pull_model(
     token: str | bool | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model; returns its folder.
+    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model (or a LoRA adapter of
+    one); returns its folder.
 
     Online, the Hub must answer: its failures are HubErrors, never a stale cached copy. With HF_HUB_OFFLINE=1 the
     cached copy is returned (see `is_offline`)."""

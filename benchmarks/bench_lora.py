@@ -6,16 +6,17 @@
 1. The base: `train.py --preset shakespeare-cpu` reshaped to 3 x 4 x 192 (1.4M parameters), pretrained on WikiText-2
    (../shared/data/wikitext/wiki.test.raw, characters) for --base_steps steps (or --base: a folder from before).
 2. Each fine-tune on Tiny Shakespeare from that base (`--init_from BASE`), once with every weight trained and once
-   with `--lora_r R`, each stopped after --seconds of training steps (a callback: the wall clock from the first step,
-   evaluations and checkpoints left out), at a constant rate after 20 warm-up steps, so both stop at the same time
-   whatever their speed; batches of 16 x 64 tokens, 256 validation windows, a checkpoint every 25 steps. The run is
-   train.py's own `main` in a process of its own, with that callback added to its Trainer.
+   with `--lora_r R`, each stopped by a callback after --seconds of wall clock from its first step (checkpoints,
+   written every 25 steps, counted; evaluations not), at a constant rate after 20 warm-up steps, so both stop at the
+   same time whatever their speed; batches of 16 x 64 tokens, 256 validation windows. The run is train.py's own
+   `main` in a process of its own, with that callback added to its Trainer.
 
-Figures: the median step time (each step timed by the callback; the median, as other work on the host slows some), peak process RSS and validation loss (and bits per
-byte: the text is ASCII and the tokenizer is characters, so a token is a byte) from the run's metrics.json, the
-newest checkpoint's size (weights or adapter, optimizer state, schedule, tokenizer) and the saved weights' size. The
-base's own loss on the same validation windows comes from an evaluation before the first step. Runs use 2 threads
-(OMP_NUM_THREADS=2), pinned to 2 cores where `taskset` exists; the host is shared, so the load average is printed.
+Figures: the median step time (each step timed by the callback; the median, as other work on the host slows some),
+peak process RSS and validation loss (and bits per byte: the text is ASCII and the tokenizer is characters, so a
+token is a byte) from the run's metrics.json, the newest checkpoint's size (weights or adapter, optimizer state,
+schedule, tokenizer) and the saved weights' size. The base's own loss on the same validation windows comes from an
+evaluation before the first step. Runs use 2 threads (OMP_NUM_THREADS=2), pinned to 2 cores where `taskset` exists;
+the host is shared, so the load average is printed.
 """
 
 import argparse

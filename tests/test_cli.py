@@ -292,7 +292,7 @@ def test_tinygpt_help_lists_the_commands(capsys):
         main(["--help"])
     assert exited.value.code == 0
     help_text = capsys.readouterr().out
-    for word in ("chat", "generate", "push", "pull", "HF_ENDPOINT", "HF_TOKEN"):
+    for word in ("chat", "generate", "push", "pull", "merge", "HF_ENDPOINT", "HF_TOKEN"):
         assert word in help_text
 
 
@@ -318,6 +318,7 @@ def test_tinygpt_help_lists_the_commands(capsys):
         ),
         ("push", ["DIR", "owner/name", "--private", "--commit_message", "auto_map", "model card"]),
         ("pull", ["owner/name", "DIR", "--revision", "HF cache"]),
+        ("merge", ["ADAPTER", "OUT", "LoRA adapter", "full model folder"]),
     ],
 )
 def test_each_command_has_help(command, expected, capsys):

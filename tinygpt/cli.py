@@ -8,11 +8,12 @@
     tinygpt pull owner/name [DIR]             download one (into the HF cache, or into DIR)
     tinygpt export MODEL OUT                  write it as plain GPT-2 (--format hf) or as GGUF (--format gguf)
     tinygpt eval MODEL --text_file F          bits per byte of a text; --tasks T runs lm-evaluation-harness
+    tinygpt merge ADAPTER OUT                 merge a LoRA adapter into its base: a full model folder
     tinygpt serve MODEL [--port 8000]         an OpenAI-compatible API (/v1/chat/completions, ...) on 127.0.0.1
 
 Thin on purpose: each command parses its arguments and calls the package (tinygpt.hub.loader, tinygpt.decoding.chat,
 tinygpt.hub); `train` and `app` hand their flags to tinygpt.training and tinygpt.app whole. MODEL is a local folder
-or a Hub repo id, pulled into the cache first, and sampling flags left out come from its generation_config. What a user can get wrong
+or a Hub repo id, pulled into the cache first (a LoRA adapter too: merged into its base on loading), and sampling flags left out come from its generation_config. What a user can get wrong
 (a folder, a repo id, a token, an unreachable Hub) ends as one line on stderr and exit status 1, never a
 traceback. argparse rather than HfArgumentParser: these are subcommands with positional arguments, not
 dataclass configs.
@@ -55,6 +56,7 @@ from tinygpt.evaluation.flags import add_eval_arguments  # noqa: E402
 from tinygpt.hub.checks import ModelLoadError  # noqa: E402
 from tinygpt.hub.export import DTYPES, FORMATS, ExportError, export_model  # noqa: E402
 from tinygpt.hub.loader import load, model_folder  # noqa: E402
+from tinygpt.hub.merge import MergeError, merge_adapter_folder  # noqa: E402
 from tinygpt.hub.push import push_model  # noqa: E402
 from tinygpt.hub.remote import HubError, is_offline, pull_model, validate_repo_id  # noqa: E402
 from tinygpt.hub.space import space_url  # noqa: E402
@@ -73,7 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         check_decoding_arguments(parser, args)
     try:
         return args.run(args)
-    except (HubError, ModelLoadError, ExportError, EvalError, DataError, OSError) as error:  # OSError: a taken port
+    except (
+        HubError,
+        ModelLoadError,
+        ExportError,
+        EvalError,
+        DataError,
+        MergeError,
+        OSError,
+    ) as error:  # OSError: a taken port
         print(f"tinygpt {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -113,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = commands.add_parser("push", help="upload a saved model folder to the Hub", description=run_push.__doc__)
     push.add_argument(
-        "model_dir", metavar="DIR", help="folder holding model.safetensors, config.json and the tokenizer"
+        "model_dir",
+        metavar="DIR",
+        help="folder holding model.safetensors, config.json and the tokenizer (or a LoRA adapter)",
     )
     push.add_argument("repo_id", metavar="owner/name", help="Hub repo to upload to (created if missing)")
     push.add_argument(
@@ -144,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="hf", help="hf (default): transformers; gguf: llama.cpp")
     export.add_argument("--dtype", choices=list(DTYPES), default=None, help="weights' type (default f32; gguf: f16)")
     export.set_defaults(run=run_export)
+
+    merge = commands.add_parser(
+        "merge", help="merge a LoRA adapter into its base: a full model folder", description=run_merge.__doc__
+    )
+    merge.add_argument("adapter", metavar="ADAPTER", help="adapter folder or Hub repo id (owner/name)")
+    merge.add_argument("out", metavar="OUT", help="new folder to write the merged model to")
+    merge.set_defaults(run=run_merge)
 
     serve = commands.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API", description=run_serve.__doc__
@@ -297,7 +316,8 @@ def run_push(args: argparse.Namespace) -> int:
     """Upload a saved model folder to a Hub repo, creating the repo if needed: the safetensors weights,
     config.json, generation_config.json, the tokenizer files, tinygpt's own code files (from the installed
     package, for the modules auto_map names), and a README.md model card (generated when the folder has none).
-    Prints the repo URL."""
+    A LoRA adapter's folder goes up alone: its adapter files, the tokenizer and a card naming its base, which must be
+    a Hub repo. Prints the repo URL."""
     validate_repo_id(args.repo_id)
     token = None
     if get_token() is None and sys.stdin.isatty():
@@ -350,6 +370,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from tinygpt.evaluation.command import run_eval as evaluate  # datasets and lm_eval only when it runs
 
     return evaluate(args)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge a LoRA adapter (a folder or a Hub repo id, as train.py --lora_r writes) into its base model and write
+    the result as a full model folder: weights, config, tokenizer, tinygpt's code files and a card. It then exports,
+    pushes and loads like any other model."""
+    out = merge_adapter_folder(args.adapter, args.out)
+    print(f"merged {args.adapter} into its base: {out}")
+    return 0
 
 
 def load_quietly(model: str):

@@ -1,9 +1,11 @@
 """The models the app can open: which ones, the one cache of opened models, and the Model and Hub tabs' events
 that open (Load, Pull) and push them.
 
-- Security: a local model is a folder inside --models_dir that holds config.json, judged after symlinks resolve
+- Security: a local model is a folder inside --models_dir that holds config.json (or a LoRA adapter's
+  adapter_config.json), judged after symlinks resolve
   (`local_choice_folder`); anything else gets the same one-line error whether it exists or not, so errors tell
-  nothing about the server's disk. `--model` and Hub pulls go through tinygpt.hub.loader's one loader.
+  nothing about the server's disk. `--model` and Hub pulls go through tinygpt.hub.loader's one loader. An
+  adapter's base is pulled with no token at all: the server's own never acts for a visitor.
 - Tokens: a blank token box never acts with the server's token (HF_TOKEN or a login) unless the app runs with
   --allow_server_token; a typed one is used for that one request.
 - One cache, two levels: the checked (model, tokenizer) of a folder (`load_model`, what the Model tab describes),
@@ -25,6 +27,7 @@ from huggingface_hub import constants  # noqa: E402
 
 from tinygpt.decoding.chat import ChatModel, DecodingOptions  # noqa: E402
 from tinygpt.decoding.sampling import settings_from  # noqa: E402
+from tinygpt.hub.adapter import ADAPTER_WEIGHTS, adapter_settings, is_adapter_folder  # noqa: E402
 from tinygpt.hub.card import read_eval_results  # noqa: E402
 from tinygpt.hub.checks import ModelLoadError  # noqa: E402
 from tinygpt.hub.loader import load, model_folder  # noqa: E402
@@ -37,7 +40,8 @@ LOSS_KEYS = ("val_loss", "eval_loss")
 
 
 def local_models(models_dir: str | os.PathLike) -> list[str]:
-    """Folders holding a config.json: `models_dir` itself and its direct subfolders (not symlinks out), sorted."""
+    """Folders holding a config.json or an adapter_config.json: `models_dir` itself and its direct subfolders (not
+    symlinks out), sorted."""
     root = Path(models_dir)
     if not root.is_dir():
         return []
@@ -57,15 +61,18 @@ def local_choice_folder(choice, models_dir: str | os.PathLike) -> str:
             folder = _model_folder_inside(candidate, root)
             if folder is not None:
                 return str(folder)
-    raise ModelLoadError(f"choose one of the model folders in {models_dir} (a folder there holding config.json).")
+    raise ModelLoadError(
+        f"choose one of the model folders in {models_dir} (a folder there holding config.json or adapter_config.json)."
+    )
 
 
 def _model_folder_inside(path: Path, root: Path) -> Path | None:
-    """`path` resolved, if it is `root` or inside it (both resolved) and holds a config.json; else None."""
+    """`path` resolved, if it is `root` or inside it (both resolved) and holds a config.json or is an adapter's
+    folder; else None."""
     try:
         folder, root = path.resolve(), root.resolve()
         inside = folder == root or folder.is_relative_to(root)
-        return folder if inside and (folder / "config.json").is_file() else None
+        return folder if inside and ((folder / "config.json").is_file() or is_adapter_folder(folder)) else None
     except (OSError, RuntimeError, ValueError):  # a symlink loop, a name too long, ...
         return None
 
@@ -112,14 +119,14 @@ class OpenModels:
         self.lock = threading.RLock()
 
     def entry(self, folder: str, pin: bool = False) -> OpenModel:
-        weights = Path(folder) / "model.safetensors"
+        weights = Path(folder) / (ADAPTER_WEIGHTS if is_adapter_folder(folder) else "model.safetensors")
         key = (folder, weights.stat().st_mtime_ns if weights.is_file() else 0)  # a retrained folder is read again
         with self.lock:
             if key in self.entries:
                 self.entries.move_to_end(key)
                 self.entries[key].pinned |= pin
                 return self.entries[key]
-        loaded = load(folder)  # outside the lock: one slow load holds no other visitor's
+        loaded = load(folder, token=False)  # outside the lock: one slow load holds no other visitor's
         nbytes = sum(parameter.numel() * parameter.element_size() for parameter in loaded[0].parameters())
         with self.lock:
             entry = self.entries.setdefault(key, OpenModel(loaded, nbytes, pinned=pin))
@@ -197,6 +204,9 @@ def describe_model(folder: str | None) -> tuple[str, str | None]:
         f"- eval loss: {eval_loss:.4f}" if eval_loss is not None else "- eval loss: not recorded",
         *(f"- evaluation: {eval_result_text(result)}" for result in read_eval_results(Path(folder) / "README.md")),
     ]
+    if is_adapter_folder(folder):
+        settings = adapter_settings(folder)
+        lines.insert(1, f"- a LoRA adapter (r={settings.get('r')}) of {settings['base_model_name_or_path']}, merged")
     loss_plot = Path(folder) / "loss.png"
     return "\n".join(lines), str(loss_plot) if loss_plot.is_file() else None
 

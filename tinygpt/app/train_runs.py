@@ -18,6 +18,8 @@ Design notes
   shell ignores SIGINT, and so would its child. SIGTERM only if it has not exited STOP_GRACE_SECONDS later. The
   page then reports the step of the newest complete checkpoint, which is what Resume continues from (it reruns
   the same command with a bare `--resume_from_checkpoint`).
+- A base (a model folder the Model tab lists, checked like its picker's choices) makes the run a fine-tune
+  (`--init_from`), and with an r a LoRA adapter (`--lora_r`): a small folder the picker lists too.
 - Files: an upload is copied into the app's own data folder (a private temporary folder, never served) under a
   generated name, and that name never leaves the server: log lines and errors show the file's own name. The run
   folder's name is generated too; no user input becomes a path. The copy goes when its run ends (finished or
@@ -41,7 +43,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinygpt.app.models import local_choice_folder
 from tinygpt.app.train_inputs import MAX_STEPS_LIMIT, TrainingRequestError, knob_flags, whole_number
+from tinygpt.hub.checks import ModelLoadError
 from tinygpt.training.args import LATEST
 from tinygpt.training.presets import PRESETS
 from tinygpt.training.run_dir import checkpoint_step, checkpoint_to_resume
@@ -49,6 +53,7 @@ from tinygpt.training.stopping import STOP_FILE_ENV
 
 TRAIN_MODULE = "tinygpt.training"  # run as `python -m`: the installed package trains, no checkout needed
 CHAT_SUFFIXES = (".json", ".jsonl")  # trained as conversations (--chat_file); anything else is plain text
+MAX_LORA_R = 1024
 LOG_LINES_SHOWN = 200
 POLL_SECONDS = 0.3  # how often a watching page looks for new output
 STOP_GRACE_SECONDS = 60  # after the stop file, how long train.py may take to exit before SIGTERM (then SIGKILL)
@@ -95,7 +100,8 @@ class TrainingRun:
 
     @property
     def finished(self) -> bool:
-        return not self.running and self.process.returncode == 0 and (self.folder / "config.json").is_file()
+        saved = (self.folder / "config.json").is_file() or (self.folder / "adapter_config.json").is_file()
+        return not self.running and self.process.returncode == 0 and saved
 
     @property
     def stopped(self) -> bool:
@@ -165,20 +171,30 @@ class TrainingRuns:
         self.current: TrainingRun | None = None
         self.lock = threading.Lock()
 
-    def start(self, upload: str | None, preset: str, max_steps, owner: str, knobs: dict | None = None) -> TrainingRun:
+    def start(
+        self,
+        upload: str | None,
+        preset: str,
+        max_steps,
+        owner: str,
+        knobs: dict | None = None,
+        base: str | None = None,
+        lora_r=None,
+    ) -> TrainingRun:
         """Start a run owned by the secret `owner` (after checking its inputs) or raise TrainingRequestError: busy, a
-        bad value, a shape too big for this machine."""
+        bad value, a shape too big for this machine. `base`: a model folder in models_dir to fine-tune; `lora_r`
+        (with a base): train a LoRA adapter of that rank on it."""
         if preset not in PRESETS:
             raise TrainingRequestError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
         if not isinstance(owner, str) or not owner:
             raise TrainingRequestError("this request has no session; reload the page.")
         max_steps = whole_number("max steps", max_steps, 1, MAX_STEPS_LIMIT)
-        flags = knob_flags(preset, knobs)
+        flags = knob_flags(preset, knobs) + self.base_flags(base, lora_r)
         with self.lock:
             self.refuse_if_busy(owner)
             if self.current is not None and self.current.data_file is not None:  # a stopped run's, kept for Resume
                 self.current.data_file.unlink(missing_ok=True)
-            name = self.new_run_name(preset)
+            name = self.new_run_name(("lora-" if "--lora_r" in flags else "") + preset)
             folder = self.models_dir / name
             shown_names, data_file = {}, None
             if upload:
@@ -204,6 +220,22 @@ class TrainingRuns:
             )
             self.launch(run)
             return run
+
+    def base_flags(self, base: str | None, lora_r) -> list[str]:
+        """--init_from (a folder the picker would accept) and --lora_r, as the page chose them."""
+        lora = lora_r not in (None, "", 0)  # a blank Number arrives as 0 from the page
+        if not base:
+            if lora:
+                raise TrainingRequestError("a LoRA adapter trains on a base model: choose the base first.")
+            return []
+        try:
+            folder = local_choice_folder(base, self.models_dir)
+        except ModelLoadError as error:
+            raise TrainingRequestError(f"base model: {error}") from None
+        flags = ["--init_from", folder]
+        if lora:
+            flags += ["--lora_r", str(whole_number("LoRA r", lora_r, 1, MAX_LORA_R))]
+        return flags
 
     def resume(self, owner: str | None) -> TrainingRun:
         """Continue the last run, if `owner` started it and it was stopped or failed, from its newest complete

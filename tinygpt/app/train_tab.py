@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from tinygpt.app.models import local_models
 from tinygpt.app.train_inputs import KNOBS
 from tinygpt.app.train_runs import CHAT_SUFFIXES, TrainingRequestError, TrainingRun, TrainingRuns
 from tinygpt.training.presets import DEFAULT_PRESET, PRESETS
@@ -47,7 +48,8 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
         gr.Markdown(
             "Train a new model with `train.py`: upload a text file (`.txt`) or conversations (`.json`/`.jsonl`, "
             "ShareGPT or messages form), or leave the file empty to train on the built-in synthetic chat corpus. "
-            f"The model is saved in a new folder in {models_dir}."
+            f"The model is saved in a new folder in {models_dir}. To fine-tune, pick a base model there; with a LoRA r, "
+            "only a small adapter on it is trained and saved."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
@@ -59,6 +61,13 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
                 )
                 preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset")
                 max_steps = gr.Number(60, label="Steps", precision=0, minimum=1, elem_id="train-steps")
+                with gr.Accordion("Fine-tune a model (blank: a new one)", open=False):
+                    base = gr.Dropdown(
+                        ["", *local_models(models_dir)], value="", label="Base model", elem_id="train-base"
+                    )
+                    lora_r = gr.Number(
+                        None, label="LoRA r (blank: train every weight)", precision=0, elem_id="train-lora-r"
+                    )
                 with gr.Accordion("Model and optimizer (blank or 0: the preset's)", open=False):
                     knobs = [
                         gr.Number(None, label=label, precision=0 if kind is int else None, elem_id=f"train-{name}")
@@ -101,14 +110,25 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
             stored = gr.skip()
 
     def start(
-        upload, preset, max_steps, n_layer, n_embd, block_size, batch_size, learning_rate, token, request: gr.Request
+        upload,
+        preset,
+        max_steps,
+        base,
+        lora_r,
+        n_layer,
+        n_embd,
+        block_size,
+        batch_size,
+        learning_rate,
+        token,
+        request: gr.Request,
     ):
         # Named one by one: Gradio passes the request only to a parameter it can name (not after *args).
         values = (n_layer, n_embd, block_size, batch_size, learning_rate)
         chosen = {name: value for (name, _, _), value in zip(KNOBS, values, strict=True)}
         if owner_of(token, None) is None:  # this browser's first run: it gets its token now
             token = secrets.token_urlsafe(32)
-        yield from follow(lambda: runs.start(upload, preset, max_steps, token, chosen), token)
+        yield from follow(lambda: runs.start(upload, preset, max_steps, token, chosen, base, lora_r), token)
 
     def resume(token, request: gr.Request):
         yield from follow(lambda: runs.resume(owner_of(token, request.session_hash)))
@@ -132,8 +152,13 @@ def build_train_tab(models_dir: str | os.PathLike) -> TrainTab:
     outputs = [status, log, curve, trained_folder, owner_token]
     # concurrency_limit: a second Start is answered "busy" at once rather than queued behind the run.
     started = start_button.click(
-        start, [upload, preset, max_steps, *knobs, owner_token], outputs, api_name=False, concurrency_limit=4
+        start,
+        [upload, preset, max_steps, base, lora_r, *knobs, owner_token],
+        outputs,
+        api_name=False,
+        concurrency_limit=4,
     )
+    base.focus(lambda: gr.Dropdown(choices=["", *local_models(models_dir)]), None, base, api_name=False)
     resumed = resume_button.click(resume, owner_token, outputs, api_name=False, concurrency_limit=4)
 
     def stop(token, request: gr.Request):

@@ -19,7 +19,11 @@ TEMPLATE = """---
 
 # {{ title }}
 
-{% if plain -%}
+{% if adapter -%}
+A LoRA adapter (rank {{ adapter.r }}, alpha {{ adapter.alpha }}, on {{ adapter.targets }}) for the TinyGPT model
+{{ adapter.base }}{% if run %}, trained by tinygpt's `train.py --preset {{ run.preset }} --lora_r {{ adapter.r }}` on the
+Hugging Face Trainer and PEFT{% endif %}. It holds the adapter's weights only: the base comes from {{ adapter.base }}.
+{%- elif plain -%}
 A plain GPT-2 exported from a tinygpt model, with a {{ tokenizer }} tokenizer and the chat template
 (`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`). It needs neither tinygpt nor remote code.
 {%- elif run -%}
@@ -27,11 +31,12 @@ A {{ shape.n_layer }}-layer GPT trained by tinygpt's `train.py --preset {{ run.p
 Trainer, with a {{ tokenizer }} tokenizer and a chat template (`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).
 {%- else -%}
 A TinyGPT model: a GPT-2-shaped decoder with a {{ tokenizer }} tokenizer and a chat template
-(`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).
+(`<BOS>system<EOS><user>:...<EOS><assistant>:...<EOS>`).{% if merged %} It is {{ merged }} (`tinygpt merge`).{% endif %}
 {%- endif %}
 {% if space_url %}
 Chat with it in the Space [{{ space_id }}]({{ space_url }}).
 {% endif %}
+{% if shape %}
 ## Model
 
 | | |
@@ -41,11 +46,14 @@ Chat with it in the Space [{{ space_id }}]({{ space_url }}).
 | vocabulary | {{ shape.vocab_size }} rows |
 {%- if run %}
 | parameters | {{ "{:,}".format(run.parameters) }} ({{ "{:,}".format(run.parameters_without_positions) }} without position embeddings) |
+{%- if run.trainable_parameters %}
+| LoRA parameters (trained) | {{ "{:,}".format(run.trainable_parameters) }} ({{ "%.2f" | format(100 * run.trainable_parameters / run.parameters) }}% of the base's) |
+{%- endif %}
 {%- if run.init_from %}
 | fine-tuned from | {{ run.init_from }} |
 {%- endif %}
 {%- endif %}
-{% if run %}
+{% endif %}{% if run %}
 ## Training
 
 - data: {{ run.data }}
@@ -78,7 +86,19 @@ A sample with the saved generation settings ({{ "greedy" if run.chat else "tempe
 ```
 {% endif %}
 ## Use
-{% if plain %}
+{% if adapter %}
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+# The base's own code files (trust_remote_code) build it; PEFT then applies the adapter.
+model = AutoPeftModelForCausalLM.from_pretrained("{{ where }}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{{ where }}", trust_remote_code=True)
+```
+
+With tinygpt: `tinygpt chat {{ where }}` (the adapter is merged into the base, which decodes at full speed), and
+`tinygpt merge {{ where }} OUT` writes the merged model as a full model folder.
+{% elif plain %}
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,16 +153,27 @@ def model_card(
     space_id: str | None = None,
     space_url: str | None = None,
     subfolder: str | None = None,
+    adapter: dict | None = None,
+    merged: str | None = None,
 ) -> ModelCard:
-    """The card of a model with `config` (a TinyGPTConfig, or a GPT2Config for a plain export) found at `where`
-    (a repo id or a folder). `run`: a finished training run's RunSummary; `plain`: the plain GPT-2 export's card."""
+    """The card of a model with `config` (a TinyGPTConfig, or a GPT2Config for a plain export; None: shape unknown)
+    found at `where` (a repo id or a folder). `run`: a finished training run's RunSummary; `plain`: the plain GPT-2
+    export's card; `adapter`: a LoRA adapter's settings (`adapter_card_settings`), whose base the card names;
+    `merged`: what a merged model was made of, in words."""
+    base = adapter["base"] if adapter else run.init_from if run else None
     bits_per_byte = getattr(run, "eval_bits_per_byte", None)  # None too in a metrics.json from before it existed
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=["tinygpt", "gpt2", "text-generation", *([f"preset-{run.preset}"] if run else [])],
+        tags=[
+            "tinygpt",
+            "gpt2",
+            "text-generation",
+            *(["lora", "peft"] if adapter else []),
+            *([f"preset-{run.preset}"] if run else []),
+        ],
         # The Hub's base_model names a repo; a local folder is only mentioned in the text.
-        base_model=run.init_from if run and run.init_from and not Path(run.init_from).exists() else None,
+        base_model=base if base and not Path(base).exists() else None,
         model_name=title,
         eval_results=[validation_result(run.data, bits_per_byte)] if bits_per_byte is not None else None,
     )
@@ -152,7 +183,9 @@ def model_card(
         title=title,
         where=where,
         tokenizer=tokenizer,
-        shape={field: getattr(config, field) for field in SHAPE_FIELDS},
+        shape={field: getattr(config, field) for field in SHAPE_FIELDS} if config is not None else None,
+        adapter=adapter,
+        merged=merged,
         run=run,
         bits_per_byte=bits_per_byte,
         plain=plain,
@@ -198,4 +231,15 @@ def read_eval_results(readme: str | Path) -> list[EvalResult]:
         return []
 
 
-__all__ = ["merge_eval_results", "model_card", "read_eval_results", "validation_result"]
+def adapter_card_settings(adapter_config: dict) -> dict:
+    """What a card says of a LoRA adapter, from its adapter_config.json."""
+    targets = adapter_config.get("target_modules") or []
+    return {
+        "base": adapter_config.get("base_model_name_or_path"),
+        "r": adapter_config.get("r"),
+        "alpha": adapter_config.get("lora_alpha"),
+        "targets": ", ".join(sorted(targets)) if isinstance(targets, list) else str(targets),
+    }
+
+
+__all__ = ["adapter_card_settings", "merge_eval_results", "model_card", "read_eval_results", "validation_result"]

@@ -13,6 +13,8 @@ Design notes
   commit as the files.
 - `push_eval_results` (tinygpt eval --push) commits only README.md: the repo's own card with the results merged
   into its model-index, on top of the commit it was read from (a push in between fails rather than being lost).
+- A LoRA adapter's folder (tinygpt.hub.adapter) goes up alone: adapter_config.json, adapter_model.safetensors, the
+  tokenizer (with its code file), generation_config.json and a card naming the base, whose repo id it must name.
 - `space_id` (push --space): the same commit also holds the model as plain GPT-2 in `gpt2/` (tinygpt.hub.export_hf),
   and a Gradio Space running that folder at this commit is created after it (tinygpt.hub.space).
 """
@@ -29,7 +31,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 
 from tinygpt.configuration_tinygpt import TinyGPTConfig
-from tinygpt.hub.card import merge_eval_results, model_card
+from tinygpt.hub.adapter import ADAPTER_CONFIG, ADAPTER_FILES, adapter_settings, is_adapter_folder
+from tinygpt.hub.card import adapter_card_settings, merge_eval_results, model_card
 from tinygpt.hub.checks import ModelLoadError, check_weights, load_config
 from tinygpt.hub.export import ExportError, export_to_temp, load_for_export
 from tinygpt.hub.remote import CODE_MODULES, MODEL_FILES, HubError, hub_errors, public_url, validate_repo_id
@@ -62,7 +65,7 @@ def push_model(
         validate_repo_id(space_id)
     staging = Path(tempfile.mkdtemp(prefix="tinygpt-push-"))  # exactly what goes up; the folder stays as it is
     try:
-        for name in MODEL_FILES:
+        for name in [*MODEL_FILES, *ADAPTER_FILES]:
             if (model_dir / name).is_file():
                 _check_own_file(model_dir, model_dir / name)
                 _link_or_copy(model_dir / name, staging / name)
@@ -152,9 +155,13 @@ def _plain_export(model_dir: Path, repo_id: str, space_id: str, endpoint: str) -
         raise HubError(f"cannot publish a Space for {model_dir}: {error}") from None
 
 
-def _check_model_dir(model_dir: Path) -> TinyGPTConfig:
+def _check_model_dir(model_dir: Path) -> TinyGPTConfig | None:
+    """The folder's config, checked with its weights; None for a LoRA adapter's folder, checked as one."""
     if not model_dir.is_dir():
         raise HubError(f"{model_dir} is not a folder: pass the folder the model was saved to (save_pretrained).")
+    if is_adapter_folder(model_dir):
+        _check_adapter_dir(model_dir)
+        return None
     if not (model_dir / "model.safetensors").is_file():
         raise HubError(
             f"{model_dir} holds no model.safetensors: save the model there first "
@@ -170,7 +177,24 @@ def _check_model_dir(model_dir: Path) -> TinyGPTConfig:
     return config
 
 
-def _code_modules(model_dir: Path, config: TinyGPTConfig) -> list[str]:
+def _check_adapter_dir(model_dir: Path) -> None:
+    """An adapter goes up alone (its files, the tokenizer, the card), so its base must be on the Hub already."""
+    try:
+        base = adapter_settings(model_dir)["base_model_name_or_path"]
+    except ModelLoadError as error:
+        raise HubError(str(error)) from None
+    try:
+        validate_repo_id(base)
+    except HubError:
+        raise HubError(
+            f"{model_dir} is a LoRA adapter of the folder {base}, which nobody pulling it could fetch: push the base "
+            "first and train the adapter with --init_from owner/name, or merge it (tinygpt merge) and push the result."
+        ) from None
+    if not (model_dir / "tokenizer_config.json").is_file():
+        raise HubError(f"{model_dir} holds no tokenizer: save it next to the adapter (tokenizer.save_pretrained(dir)).")
+
+
+def _code_modules(model_dir: Path, config: TinyGPTConfig | None) -> list[str]:
     """tinygpt's modules that the auto_maps of config.json and tokenizer_config.json name; HubError for any other
     module (a path, another repo's code), which a push must never go looking for."""
     try:
@@ -211,21 +235,24 @@ def _card_is_tinygpts(readme: Path) -> bool:
 
 
 def _model_card(
-    repo_id: str, model_dir: Path, config: TinyGPTConfig, space_id: str | None = None, endpoint: str = ""
+    repo_id: str, model_dir: Path, config: TinyGPTConfig | None, space_id: str | None = None, endpoint: str = ""
 ) -> bytes:
     """The repo's card (tinygpt.hub.card): its shape, how to load it by its repo id, the Space's link, and for a
-    train.py folder the run's figures from its metrics.json."""
+    train.py folder the run's figures from its metrics.json. An adapter's card names its base (config None: the
+    shape comes from metrics.json, if any)."""
     tokenizer_config = read_json(model_dir / "tokenizer_config.json")
+    adapter = adapter_card_settings(read_json(model_dir / ADAPTER_CONFIG)) if config is None else None
     settings = dict(
         title=repo_id,
         where=repo_id,
         tokenizer=tokenizer_config.get("tokenizer_class", "saved"),
         space_id=space_id,
         space_url=space_url(space_id, endpoint) if space_id else None,
+        adapter=adapter,
     )
     try:
         run = SimpleNamespace(**read_json(model_dir / "metrics.json"))
-        return str(model_card(config, run=run, **settings)).encode()
+        return str(model_card(config or run, run=run, **settings)).encode()
     except (OSError, ValueError, TypeError, AttributeError, jinja2.TemplateError):
         pass  # no metrics.json, or one another version wrote: the card without the run's figures
     return str(model_card(config, **settings)).encode()

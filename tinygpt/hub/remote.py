@@ -6,6 +6,8 @@ checks what comes down and turns the library's exceptions into a `HubError` whos
 the fix.
 
 Design notes
+- A LoRA adapter's repo (tinygpt.hub.adapter) comes down as its adapter files and tokenizer; its config must name
+  its base by Hub repo id (a pulled adapter never points the loader at a folder of this machine).
 - What comes down: the Hub is asked first (`model_info`), so a wrong token, a 500 or an unreachable Hub is an
   error, not a stale cached copy returned in silence (snapshot_download's fallback); the error says when a
   cached copy exists and how to use it (HF_HUB_OFFLINE=1). A repo whose file list names an absolute path or
@@ -42,6 +44,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
+from tinygpt.hub.adapter import ADAPTER_FILES, adapter_settings, is_adapter_folder
 from tinygpt.hub.checks import ModelLoadError, check_weights, load_config
 
 # The files of a saved model folder (flat, no subfolders). The code files come on top, from the package.
@@ -91,7 +94,8 @@ def pull_model(
     token: str | bool | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model; returns its folder.
+    """Download `repo_id` (into the HF cache, or `local_dir`) and check it is a TinyGPT model (or a LoRA adapter of
+    one); returns its folder.
 
     Online, the Hub must answer: its failures are HubErrors, never a stale cached copy. With HF_HUB_OFFLINE=1 the
     cached copy is returned (see `is_offline`)."""
@@ -117,18 +121,37 @@ def pull_model(
             local_dir=local_dir,
             token=token,
             endpoint=endpoint,
-            allow_patterns=[*MODEL_FILES, *(f"{module}.py" for module in CODE_MODULES)],
+            allow_patterns=[*MODEL_FILES, *ADAPTER_FILES, *(f"{module}.py" for module in CODE_MODULES)],
         )
     folder = Path(folder)
+    if is_adapter_folder(folder):
+        _check_adapter(repo_id, folder)
+        return folder
     if not (folder / "config.json").is_file():
         raise HubError(
-            f"{repo_id} holds no config.json, so no saved model: push one first (tinygpt push DIR {repo_id})."
+            f"{repo_id} holds no config.json (nor adapter_config.json), so no saved model: push one first "
+            f"(tinygpt push DIR {repo_id})."
         )
     try:
         check_weights(folder, load_config(folder))
     except ModelLoadError as error:
         raise HubError(f"{repo_id} is not a usable TinyGPT model: {error}") from None
     return folder
+
+
+def _check_adapter(repo_id: str, folder: Path) -> None:
+    """A pulled LoRA adapter is whole and names its base by Hub repo id (never a folder of this machine)."""
+    try:
+        base = adapter_settings(folder)["base_model_name_or_path"]
+    except ModelLoadError as error:
+        raise HubError(f"{repo_id} is not a usable LoRA adapter: {error}") from None
+    try:
+        validate_repo_id(base)
+    except HubError:
+        raise HubError(
+            f"{repo_id} is a LoRA adapter whose base is {base!r}, not a Hub repo id (owner/name): a pulled adapter "
+            "may only name a base on the Hub."
+        ) from None
 
 
 def public_url(url: str) -> str:

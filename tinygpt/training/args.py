@@ -36,6 +36,7 @@ POSITIVE_COUNTS = (  # flags that count something of which a run needs at least 
     "synthetic_conversations",
 )
 
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every attention and MLP projection of a block
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "activation_function")
 
 
@@ -51,6 +52,16 @@ class ModelArguments:
     init_from: str | None = field(
         default=None,
         metadata={"help": "fine-tune this model: a tinygpt folder or Hub repo, 'gpt2', or a GPT-2 folder"},
+    )
+    lora_r: int | None = field(
+        default=None,
+        metadata={"help": "train a LoRA adapter of this rank on --init_from (frozen) instead of every weight (PEFT)"},
+    )
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 x --lora_r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGETS),
+        metadata={"help": "the blocks' Linear layers LoRA adapts (names or name suffixes)"},
     )
     n_layer: int | None = field(default=None, metadata={"help": "transformer blocks"})
     n_head: int | None = field(default=None, metadata={"help": "attention heads per block"})

@@ -8,7 +8,10 @@ display, and matplotlib is only imported when the plot is drawn: importing it wo
 
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +21,7 @@ import torch
 
 from tinygpt.decoding.engine import Engine, Request
 from tinygpt.decoding.sampling import settings_from
+from tinygpt.hub.card import adapter_card_settings
 from tinygpt.hub.card import model_card as card_for
 from tinygpt.training.args import RunArguments
 from tinygpt.training.corpus import TrainingData
@@ -53,6 +57,8 @@ class RunSummary:
     exact_match: float | None = None  # held-out synthetic questions answered exactly (greedy decoding)
     heldout_questions: int = 0  # how many were asked
     init_from: str | None = None  # the model this run fine-tuned
+    lora_r: int | None = None  # a LoRA run's rank: the run trained an adapter on init_from
+    trainable_parameters: int | None = None  # a LoRA run's: the adapter's (parameters counts the base's)
     chat: bool = False  # trained on conversations (the card then shows chat usage)
     sample: str = ""
     eval_bits_per_byte: float | None = None  # the validation loss per UTF-8 byte of the validation text, in bits
@@ -92,11 +98,42 @@ def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, format="png")
 
 
-def model_card(summary: RunSummary, config, path_hint: str):
-    """The README.md of a saved model (tinygpt.hub.card): shape, data, metrics, the loss curve, a sample, usage."""
+def model_card(summary: RunSummary, config, path_hint: str, adapter_config: dict | None = None):
+    """The README.md of a saved model or adapter (tinygpt.hub.card): shape, data, metrics, the loss curve, a sample,
+    usage; for an adapter (its adapter_config.json), its base too."""
     return card_for(
-        config, title=f"tinygpt-{summary.preset}", where=path_hint, tokenizer=summary.tokenizer, run=summary
+        config,
+        title=f"tinygpt-{summary.preset}" + ("-lora" if adapter_config else ""),
+        where=path_hint,
+        tokenizer=summary.tokenizer,
+        run=summary,
+        adapter=adapter_card_settings(adapter_config) if adapter_config else None,
     )
+
+
+def save_final_model(output_dir: Path, model, tokenizer, summary: RunSummary, log_history: list[dict]) -> None:
+    """Model, tokenizer, loss.png, metrics.json and README.md, moved into output_dir only once all are written.
+
+    The folder also holds this run's checkpoints, so it cannot be swapped whole: each file is renamed into
+    place (atomic on one filesystem), config.json (a LoRA run's adapter_config.json) last, so loaders never see a
+    config without its weights.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
+    try:
+        model.config.use_cache = True  # the Trainer trains without a KV cache; generation wants it back
+        model.save_pretrained(staging)  # a LoRA run's PeftModel: the adapter alone (PEFT's README.md, replaced below)
+        adapter = summary.lora_r is not None
+        if adapter:  # PEFT saves no generation settings
+            model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        plot_losses(log_history, staging / "loss.png", title=f"tinygpt-{summary.preset}: {summary.data}")
+        write_metrics(summary, staging / "metrics.json")
+        adapter_settings = json.loads((staging / "adapter_config.json").read_text()) if adapter else None
+        model_card(summary, model.config, str(output_dir), adapter_settings).save(staging / "README.md")
+        for path in sorted(staging.iterdir(), key=lambda p: p.name in ("config.json", "adapter_config.json")):
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def peak_memory() -> tuple[int, str]:
@@ -129,6 +166,11 @@ def summarize(
     steps_this_session = state.global_step - start_step  # a resumed run timed only its own steps
     train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     memory, memory_kind = peak_memory()
+    trainable = None
+    if hasattr(model, "get_nb_trainable_parameters"):  # a LoRA run's PeftModel: count the base and the adapter apart
+        trainable, _ = model.get_nb_trainable_parameters()
+        model = model.get_base_model()  # the model with its LoRA layers in place, which the engine decodes
+    parameters = model.num_parameters() - (trainable or 0)
     tokenizer_name = (
         f"{type(tokenizer).__name__} of {run.model.init_from}" if run.model.init_from else run.data.tokenizer
     )
@@ -141,8 +183,8 @@ def summarize(
         n_embd=model.config.n_embd,
         n_positions=model.config.n_positions,
         vocab_size=model.config.vocab_size,
-        parameters=model.num_parameters(),
-        parameters_without_positions=model.num_parameters() - model.transformer.wpe.weight.numel(),
+        parameters=parameters,
+        parameters_without_positions=parameters - model.transformer.wpe.weight.numel(),
         device=run.policy.device if args.world_size == 1 else f"{args.world_size} x {run.policy.device}, {parallelism}",
         precision=run.policy.precision,
         global_step=state.global_step,
@@ -158,6 +200,8 @@ def summarize(
         exact_match=exact_match(model, tokenizer, data.heldout) if data.heldout else None,
         heldout_questions=len(data.heldout) if data.heldout else 0,
         init_from=run.model.init_from,
+        lora_r=run.model.lora_r,
+        trainable_parameters=trainable,
         chat=data.chat,
         sample=sample_text(model, tokenizer, data.sample_prompt, seed=args.seed),
         eval_bits_per_byte=eval_metrics.get("eval_bits_per_byte"),
@@ -175,6 +219,12 @@ def print_summary(summary: RunSummary, output_dir: Path) -> None:
         )
     figures.append(f"{summary.tokens_per_second:,.0f} tokens/s, {summary.wall_seconds:.1f} s wall")
     print(", ".join(figures))
+    if summary.lora_r is not None:
+        print(
+            f"saved the adapter to {output_dir} (AutoPeftModelForCausalLM.from_pretrained({str(output_dir)!r}, "
+            f"trust_remote_code=True), or `tinygpt chat {output_dir}`; `tinygpt merge` writes a full model)"
+        )
+        return
     print(f"saved to {output_dir} (AutoModelForCausalLM.from_pretrained({str(output_dir)!r}) after `import tinygpt`)")
 
 

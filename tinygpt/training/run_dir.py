@@ -2,7 +2,8 @@
 
 - The folder records the run's settings (run_settings.json); a different run is refused instead of mixed in.
 - `--resume_from_checkpoint` (bare: the newest usable one) restores weights, optimizer, LR schedule, RNG and the
-  data position. A checkpoint is usable when its files are all there and load: JSON parses, the safetensors
+  data position. A LoRA run's checkpoint holds the adapter (adapter_model.safetensors, adapter_config.json) and its
+  optimizer state instead of the model: its base comes from --init_from again. A checkpoint is usable when its files are all there and load: JSON parses, the safetensors
   header covers the file, the .pt files are whole zip archives, the tokenizer loads (`checkpoint_problem`); a
   bare resume skips the newest ones that are not, and says why.
 - A write that fails (a full disk above all) becomes one line naming the folder (`write_failure`).
@@ -24,6 +25,9 @@ from tinygpt.training.args import LATEST, SHAPE_FLAGS, RunArguments, TrainingSet
 
 RUN_SETTINGS_FILE = "run_settings.json"  # what defines a run; compared before anything is written
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+# What holds the weights: a full run's model, or a LoRA run's adapter (then the base comes from --init_from).
+MODEL_FILES = ("config.json", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CHECKPOINT_ARCHIVES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")  # torch.save's zip files (the last optional)
 
 
@@ -44,6 +48,14 @@ def run_settings(run: RunArguments) -> dict:
     return {
         "preset": m.preset,
         "init_from": m.init_from,
+        "lora": {
+            "r": m.lora_r,
+            "alpha": m.lora_alpha,
+            "dropout": m.lora_dropout,
+            "target_modules": list(m.lora_target_modules),
+        }
+        if m.lora_r is not None
+        else None,
         "model": {name: getattr(m, name) for name in (*SHAPE_FLAGS, "dropout")},
         "data": {
             "text_file": [os.path.abspath(path) for path in d.text_file],
@@ -135,19 +147,21 @@ def checkpoint_problem(path: Path) -> str | None:
     """
     if not (path / "trainer_state.json").is_file():
         return "incomplete, the run stopped while writing it"
-    missing = [name for name in (*CHECKPOINT_FILES, "config.json") if not (path / name).is_file()]
+    config, weights_file = ADAPTER_FILES if (path / ADAPTER_FILES[0]).is_file() else MODEL_FILES
+    needed = [name for name in CHECKPOINT_FILES if name != "model.safetensors"] + [weights_file, config]
+    missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         return f"no {', '.join(missing)}"
-    for name in ("trainer_state.json", "config.json"):
+    for name in ("trainer_state.json", config):
         try:
             json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return f"{name} is truncated or corrupt"
     try:
-        with safe_open(path / "model.safetensors", framework="pt") as weights:
+        with safe_open(path / weights_file, framework="pt") as weights:
             weights.keys()
     except (OSError, SafetensorError):
-        return "model.safetensors is truncated or corrupt"
+        return f"{weights_file} is truncated or corrupt"
     for name in CHECKPOINT_ARCHIVES:
         if (path / name).exists():
             try:
@@ -168,10 +182,12 @@ def checkpoint_to_resume(requested: str | None, output_dir: Path) -> tuple[str |
     if requested != LATEST or Path(requested).is_dir():
         problem = checkpoint_problem(Path(requested))
         if problem:
+            lora = (Path(requested) / ADAPTER_FILES[0]).is_file()
+            needed = [ADAPTER_FILES[1] if lora and name == MODEL_FILES[1] else name for name in CHECKPOINT_FILES]
             raise TrainingSetupError(
                 f"--resume_from_checkpoint {requested} is not a complete checkpoint ({problem}; it needs "
-                f"{', '.join(CHECKPOINT_FILES)} and the model's config and tokenizer); pass another checkpoint-N "
-                "folder, or the bare flag for the newest."
+                f"{', '.join(needed)} and the {'adapter' if lora else 'model'}'s config and tokenizer); pass another "
+                "checkpoint-N folder, or the bare flag for the newest."
             )
         return requested, f"resuming from {requested}"
     steps = {p.name.removeprefix("checkpoint-"): p for p in output_dir.glob("checkpoint-*")}  # the Trainer's names
@@ -200,7 +216,8 @@ def final_model_step(output_dir: Path) -> int | None:
         step = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))["global_step"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return step if (output_dir / "config.json").is_file() and (output_dir / "model.safetensors").is_file() else None
+    saved = any(all((output_dir / name).is_file() for name in files) for files in (MODEL_FILES, ADAPTER_FILES))
+    return step if saved else None
 
 
 # ----------------------------------------------------------------------------------------------------------

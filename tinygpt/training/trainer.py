@@ -13,11 +13,8 @@
 
 import json
 import math
-import os
 import pickle
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from tinygpt.configuration_tinygpt import TinyGPTConfig
 from tinygpt.data.errors import DataError, first_line
 from tinygpt.data.token_stream import corpus_characters
 from tinygpt.data.tokenizers import build_tokenizer
+from tinygpt.hub.adapter import is_adapter_folder
 from tinygpt.hub.checks import ModelLoadError
 from tinygpt.hub.loader import load, names_hub_repo
 from tinygpt.hub.remote import HubError
@@ -51,7 +49,8 @@ from tinygpt.training.args import (
 )
 from tinygpt.training.corpus import check_context_fits, conversation_data, read_sources, token_window_data
 from tinygpt.training.hf_trainer import build_trainer
-from tinygpt.training.report import RunSummary, model_card, plot_losses, print_summary, summarize, write_metrics
+from tinygpt.training.lora import check_lora_arguments, describe_lora, load_adapter_weights, uses_lora, with_lora
+from tinygpt.training.report import RunSummary, print_summary, save_final_model, summarize
 from tinygpt.training.run_dir import (
     RUN_SETTINGS_FILE,
     WRITE_ERRORS,
@@ -99,7 +98,7 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
                 f"--{flag} cannot reshape --init_from {source}; drop --{flag} (the shape comes from the model)."
             )
     overrides = {"dropout": run.model.dropout} if "dropout" in run.passed else {}
-    if names_hub_repo(source):
+    if names_hub_repo(source) or is_adapter_folder(source):  # an adapter's base is merged with it
         return load(source, **overrides)
     try:
         model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
@@ -107,6 +106,11 @@ def load_init_model(run: RunArguments) -> tuple[TinyGPTForCausalLM, PreTrainedTo
         raise TrainingSetupError(f"--init_from {source}: cannot load it ({first_line(error)})") from error
     if model_type != "gpt2":
         return load(source, **overrides)
+    if uses_lora(run):
+        raise TrainingSetupError(
+            f"--init_from {source} is GPT-2, converted on the fly, which an adapter cannot name as its base: convert "
+            "it into a tinygpt folder first (a full fine-tune from it writes one), then train the adapter on that."
+        )
     try:  # before converting the weights: the cheap check first
         tokenizer = load_gpt2_chat_tokenizer(source)
     except (OSError, ValueError) as error:
@@ -144,8 +148,8 @@ def model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None)
 
 
 def loaded_model_and_tokenizer(run: RunArguments, corpus: str, resume_from: str | None):
-    if resume_from is not None:  # the checkpoint holds the tokenizer this run started with
-        return load(resume_from)
+    if resume_from is not None and not uses_lora(run):  # the checkpoint holds the tokenizer this run started with
+        return load(resume_from)  # (a LoRA checkpoint holds the adapter alone: the base comes from --init_from)
     if run.model.init_from is None:
         tokenizer = build_tokenizer(run.data.tokenizer, corpus, bpe_vocab_size=run.data.bpe_vocab_size)
         return new_model(tokenizer, run.model), tokenizer
@@ -180,31 +184,12 @@ def set_generation_defaults(model, tokenizer, chat: bool) -> None:
         config.do_sample, config.temperature, config.top_k = True, 0.8, 200
 
 
-def save_final_model(output_dir: Path, model, tokenizer, summary: RunSummary, log_history: list[dict]) -> None:
-    """Model, tokenizer, loss.png, metrics.json and README.md, moved into output_dir only once all are written.
-
-    The folder also holds this run's checkpoints, so it cannot be swapped whole: each file is renamed into
-    place (atomic on one filesystem), config.json last, so loaders never see a config without its weights.
-    """
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
-    try:
-        model.config.use_cache = True  # the Trainer trains without a KV cache; generation wants it back
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        plot_losses(log_history, staging / "loss.png", title=f"tinygpt-{summary.preset}: {summary.data}")
-        write_metrics(summary, staging / "metrics.json")
-        model_card(summary, model.config, str(output_dir)).save(staging / "README.md")
-        for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
-            os.replace(path, output_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     """Check every input, train, evaluate; the main process then saves the model with its report."""
     args = run.training
     is_main = args.process_index == 0
     check_arguments(run)
+    check_lora_arguments(run)
     if is_main:
         print(f"device: {run.policy.device}, precision: {run.policy.precision} ({run.policy.reason})")
     output_dir = Path(args.output_dir)
@@ -235,6 +220,8 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
         data = token_window_data(run, tokenizer, block_size, corpus, description)
     tokenizer.model_max_length = block_size  # saved with it: pipelines then never feed the model more
     set_generation_defaults(model, tokenizer, chat=data.chat)
+    if uses_lora(run):  # the base frozen, a LoRA adapter on its projections trained
+        model = with_lora(model, run)
 
     if finished and final_model_step(output_dir) == start_step:  # the run ended already; change nothing
         if is_main:
@@ -253,7 +240,10 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
             (output_dir / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         except OSError as error:
             raise RunWriteError(f"{write_failure(error, output_dir, RUN_SETTINGS_FILE)}.") from error
-        print(f"training {model.num_parameters() / 1e6:.2f}M parameters on {data.description}")
+        if uses_lora(run):
+            print(f"{describe_lora(model, run)} on {data.description}")
+        else:
+            print(f"training {model.num_parameters() / 1e6:.2f}M parameters on {data.description}")
 
     trainer = build_trainer(model, tokenizer, args, data, run.model.muon_lr)
     stopper = stop_file_callback()  # $TINYGPT_STOP_FILE: a stop asked for without a signal (the app's Stop)
@@ -266,6 +256,8 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
                 "train; saving its model as the final one"
             )
         trainer.state = TrainerState.load_from_json(str(Path(resume_from, "trainer_state.json")))
+        if uses_lora(run):  # the base came from --init_from: the checkpoint's adapter goes on it
+            load_adapter_weights(model, resume_from)
         train_metrics = {"train_runtime": 0.0}
     else:
         try:

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 
 from tests.chat_fixtures import REPO
 from tests.servers import free_port, wait_until_answering
-from tests.train_cli import write_corpus
+from tests.train_cli import finish, wait_until, write_corpus
 from tinygpt.app.train_runs import TrainingRequestError, TrainingRuns
 
 SMALL = {"n_layer": 1, "n_embd": 32, "block_size": 32, "per_device_train_batch_size": 8}
@@ -28,18 +28,6 @@ SMALL = {"n_layer": 1, "n_embd": 32, "block_size": 32, "per_device_train_batch_s
 # for session-a (found in 10 s), so it could stop session-a's run.
 OWNER, FORGED = "session-a", "forged-14719961"
 pytestmark = pytest.mark.slow
-
-
-def wait_until(condition, timeout: float = 120, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def finish(runs: TrainingRuns, run) -> None:
-    for _ in runs.watch(run):
-        pass
 
 
 @contextmanager

@@ -7,32 +7,19 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 
 from tests.chat_fixtures import running_app
-from tests.train_cli import TINY_SHAPE, TRAIN_PY, train_env, write_corpus
+from tests.train_cli import TINY_SHAPE, TRAIN_PY, finish, train_env, wait_until, write_corpus
 from tinygpt.app.page import local_models
 from tinygpt.app.train_runs import TrainingRequestError, TrainingRuns
 
 GREEDY = dict(system_prompt="", temperature=0, top_k=0, top_p=1, max_new_tokens=64)
 SMALL = {"n_layer": 1, "n_embd": 32, "block_size": 32, "per_device_train_batch_size": 8}
 pytestmark = pytest.mark.slow
-
-
-def wait_until(condition, timeout: float = 120, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def finish(runs: TrainingRuns, run) -> None:
-    for _ in runs.watch(run):
-        pass
 
 
 @pytest.mark.parametrize("how", ["stop file", "SIGINT"])

@@ -4,6 +4,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,3 +55,17 @@ def run_train(
 def describe(result: subprocess.CompletedProcess) -> str:
     """The tail of a run's output, for assertion messages."""
     return f"exit code {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}"
+
+
+def wait_until(condition, timeout: float = 120, what: str = "the condition") -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def finish(runs, run) -> None:
+    """Wait for a Train-tab run (tinygpt.app.train_runs) to end."""
+    for _ in runs.watch(run):
+        pass

@@ -10,6 +10,7 @@ Design notes
 - An input that cannot be exported is an `ExportError` whose message is one line naming the problem and the fix.
 """
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,27 +41,34 @@ def export_model(model_dir, out, *, format: str = "hf", dtype: str = "f32") -> P
     model, tokenizer = load_for_export(model_dir)
     if format == "gguf" and out.suffix != ".gguf":
         raise ExportError(f"{out}: a GGUF export is one file: name it with .gguf (e.g. {out.name}.gguf).")
-    # Written in a new hidden folder beside `out`, then renamed into place: a failed export leaves nothing behind
-    # and touches no other file.
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    except OSError as error:
-        raise ExportError(f"cannot write {out}: {error.strerror or error}.") from None
-    try:
-        written = staging / out.name
+    with written_into_place(out, ExportError) as written:
         if format == "hf":
             export_hf(model, tokenizer, written, dtype=dtype)
         else:
             export_gguf(model, tokenizer, written, dtype=dtype)
+    return out
+
+
+@contextlib.contextmanager
+def written_into_place(out: Path, error_class: type[Exception]):
+    """A path to write `out` at, in a new hidden folder beside it, renamed into place once the block is done: a
+    failed write (a full disk, a file-size limit, a folder it may not write) leaves nothing behind and touches no
+    other file, and is one `error_class` line. Export and merge both write this way."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as error:
+        raise error_class(f"cannot write {out}: {error.strerror or error}.") from None
+    try:
+        written = staging / out.name
+        yield written
         if out.is_dir():
             out.rmdir()  # the empty folder it was allowed to fill
         written.rename(out)
-    except (OSError, SafetensorError) as error:  # a full disk, a file-size limit, a folder it may not write
-        raise ExportError(f"cannot write {out}: {getattr(error, 'strerror', None) or error}.") from None
+    except (OSError, SafetensorError) as error:
+        raise error_class(f"cannot write {out}: {getattr(error, 'strerror', None) or error}.") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
 
 
 def load_for_export(model_dir):
@@ -85,4 +93,12 @@ def export_to_temp(model, tokenizer, **hf_kwargs) -> Path:
     return folder
 
 
-__all__ = ["DTYPES", "ExportError", "FORMATS", "export_model", "export_to_temp", "load_for_export"]
+__all__ = [
+    "DTYPES",
+    "ExportError",
+    "FORMATS",
+    "export_model",
+    "export_to_temp",
+    "load_for_export",
+    "written_into_place",
+]

@@ -2,18 +2,16 @@
 config, tokenizer, tinygpt's code files, generation settings, a card), which exports, pushes and loads like any other.
 
 The one loader does the merging (tinygpt.hub.loader: base fetched with its checks, adapter applied and merged); this
-module writes the result into a hidden folder beside OUT and renames it into place, so a failed write leaves nothing.
+module writes the result as an export does (tinygpt.hub.export.written_into_place), so a failed write leaves nothing.
 """
 
-import shutil
-import tempfile
 from pathlib import Path
 
-from safetensors import SafetensorError
 from transformers.utils import logging as transformers_logging
 
 from tinygpt.hub.adapter import adapter_settings, is_adapter_folder
 from tinygpt.hub.card import model_card
+from tinygpt.hub.export import written_into_place
 from tinygpt.hub.loader import load, model_folder
 
 
@@ -32,13 +30,7 @@ def merge_adapter_folder(source, out, *, token: str | bool | None = None) -> Pat
     base = adapter_settings(folder)["base_model_name_or_path"]
     transformers_logging.disable_progress_bar()
     model, tokenizer = load(folder, token=token)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    except OSError as error:
-        raise MergeError(f"cannot write {out}: {error.strerror or error}.") from None
-    try:
-        written = staging / out.name
+    with written_into_place(out, MergeError) as written:
         model.config.use_cache = True
         model.save_pretrained(written)  # weights, config.json, generation_config.json and the code files
         tokenizer.save_pretrained(written)
@@ -50,13 +42,6 @@ def merge_adapter_folder(source, out, *, token: str | bool | None = None) -> Pat
             merged=f"the LoRA adapter {source} merged into its base {base}",
         )
         card.save(written / "README.md")
-        if out.is_dir():
-            out.rmdir()  # the empty folder it was allowed to fill
-        written.rename(out)
-    except (OSError, SafetensorError) as error:  # a full disk, a file-size limit, a folder it may not write
-        raise MergeError(f"cannot write {out}: {getattr(error, 'strerror', None) or error}.") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

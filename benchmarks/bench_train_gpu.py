@@ -25,6 +25,7 @@ time between them (compilation and start-up left out, equally for both).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import pickle
@@ -97,6 +98,8 @@ def seconds_to_loss(command: list[str], cwd: Path, pattern: str, target: float) 
     run = Run(command, cwd)
     for seconds, line in run:
         match = re.search(pattern, line)
+        if match or re.match(r"(device|training|number of parameters|compiling)", line):  # where the time goes
+            print(f"{seconds:8.1f} s  {line.strip()[:110]}", flush=True)
         if match and float(match.group(1)) <= target:
             run.stop()
             return seconds
@@ -223,7 +226,8 @@ def table(title: str, rows: list[tuple[str, dict | None]], mfu: bool) -> None:
         share = f"{6 * n * result['tok/s'] / PEAK_FLOPS:.1%}" if mfu and n else ""
         peak = f"{result['peak GiB']:.1f}" if "peak GiB" in result else ""
         print(f"{name:48} {result['tok/s']:12,.0f} {n or 0:12,.0f} {share:>7} {peak:>9}")
-    ours, references = rows[0][1], [result for _, result in rows[1:] if result is not None]
+    ours = rows[0][1]
+    references = [result for name, result in rows[1:] if result is not None and name.startswith("nanoGPT")]
     if ours and references:
         best = max(result["tok/s"] for result in references)
         print(f"{'ratio (tinygpt / fastest nanoGPT), same run':48} {ours['tok/s'] / best:12.2f}x")
@@ -261,6 +265,9 @@ def main():
         skip = args.skip_steps or args.gpt2_steps // 5
         flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]
         ours = tinygpt_run("gpt2-small", flags, args.gpt2_steps, skip)
+        plain = None  # the same run with the plain loss, where the fused one is the default
+        if importlib.util.find_spec("liger_kernel") is not None:
+            plain = tinygpt_run("gpt2-small", [*flags, "--use_liger_kernel", "false"], args.gpt2_steps, skip)
         rows = PRESETS["gpt2-small"].training["per_device_train_batch_size"]  # no accumulation in the preset
         # nanoGPT in the preset's micro-batches, and in its own config's (12 x 1024, 3 a step: about as many tokens)
         shapes = [(rows, 1), (12, 3)]
@@ -274,7 +281,11 @@ def main():
         table(
             f"124M, {args.gpt2_steps} steps (steady state from step {skip}); "
             f"MFU = 6 x parameters x tok/s / {PEAK_FLOPS:.3g}",
-            [(f"train.py --preset gpt2-small, 1 x {rows} x 1024", ours), *theirs],
+            [
+                (f"train.py --preset gpt2-small, 1 x {rows} x 1024", ours),
+                *theirs,
+                ("the same, --use_liger_kernel false (plain loss)", plain),
+            ],
             mfu=True,
         )
 

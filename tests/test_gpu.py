@@ -4,6 +4,7 @@
 Run them on a GPU machine with `python -m pytest -m cuda tests/test_gpu.py`.
 """
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -118,8 +119,49 @@ def test_auto_placement_is_bf16_on_the_gpu_and_chat_streams(tokenizer):
     assert sampled
 
 
-@pytest.mark.parametrize("compile_flags", [[], ["--torch_compile"]], ids=["eager", "compiled"])
+def loss_and_gradients(model, input_ids, labels, **loss_kwargs):
+    model.zero_grad()
+    with torch.autocast("cuda", torch.bfloat16):
+        loss = model(input_ids, labels=labels, **loss_kwargs).loss
+    loss.backward()
+    return loss.detach().float(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["mean", "num_items_in_batch"])
+def test_liger_fused_loss_gives_the_plain_loss_and_gradients(counted):
+    """Liger's fused linear cross-entropy (the default on CUDA with the `gpu` extra) against transformers' plain
+    loss, in bf16 autocast: GPT-2's vocabulary, so the rows go through Liger's kernel in many chunks, labels with
+    ignored positions, the Trainer's num_items_in_batch or a plain mean."""
+    pytest.importorskip("liger_kernel", reason="the fused loss needs Liger Kernel: pip install 'tinygpt[gpu]'")
+    from tinygpt import TinyGPTConfig, TinyGPTForCausalLM
+    from tinygpt.training.fused_loss import liger_causal_lm_loss
+
+    torch.manual_seed(0)
+    config = TinyGPTConfig(vocab_size=50304, n_positions=256, n_embd=128, n_layer=2, n_head=4)
+    model = TinyGPTForCausalLM(config).cuda().train()
+    input_ids = torch.randint(0, 50257, (8, 256), device="cuda")
+    labels = input_ids.clone()
+    labels[0, :100] = -100  # a prompt that is not learned
+    labels[3, 200:] = -100
+    loss_kwargs = {"num_items_in_batch": (labels[:, 1:] != -100).sum()} if counted else {}
+    plain_loss, plain_grads = loss_and_gradients(model, input_ids, labels, **loss_kwargs)
+    model.fused_linear_loss = liger_causal_lm_loss
+    fused_loss, fused_grads = loss_and_gradients(model, input_ids, labels, **loss_kwargs)
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=2e-3, atol=0)
+    for name, grad in plain_grads.items():
+        assert grad.abs().sum() > 0, name
+        relative_error = (fused_grads[name] - grad).norm() / grad.norm()
+        assert relative_error < 2e-2, (name, float(relative_error))  # bf16 logits on both sides
+
+
+@pytest.mark.parametrize(
+    "compile_flags",
+    [[], ["--torch_compile"], ["--torch_compile", "--use_liger_kernel", "true"]],
+    ids=["eager", "compiled", "compiled-fused-loss"],
+)
 def test_bf16_training_steps_on_the_gpu(tmp_path, compile_flags):
+    if "--use_liger_kernel" in compile_flags:
+        pytest.importorskip("liger_kernel", reason="the fused loss needs Liger Kernel: pip install 'tinygpt[gpu]'")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((ENGINE_CORPUS + "\n") * 400, encoding="utf-8")
     output_dir = tmp_path / "run"
@@ -131,6 +173,9 @@ def test_bf16_training_steps_on_the_gpu(tmp_path, compile_flags):
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["device"] == "cuda" and metrics["precision"] == "bf16", metrics
     assert metrics["val_loss"] < 2.5, metrics  # a 40-character corpus, learned well past uniform (ln 40 = 3.7)
+    if importlib.util.find_spec("liger_kernel") is not None:  # the fused loss only where asked: a char vocabulary
+        fused = "--use_liger_kernel" in compile_flags
+        assert ("loss: Liger Kernel's fused linear cross-entropy" in result.stdout) == fused, result.stdout[:2000]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP needs 2 CUDA GPUs")

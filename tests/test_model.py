@@ -266,3 +266,30 @@ def test_labels_of_minus_100_are_ignored_by_the_loss(model, tokenizer):
     manual = F.cross_entropy(logits[targets != -100], targets[targets != -100])
     torch.testing.assert_close(out.loss, manual)
     assert not torch.allclose(out.loss, model(input_ids, labels=input_ids).loss)
+
+
+def test_a_fused_linear_loss_replaces_the_head_while_training_or_when_logits_are_skipped(tokenizer):
+    """The hook training sets on CUDA (Liger's fused loss there): called with the hidden states, the head's weight,
+    the labels and the Trainer's loss arguments; eval and generation keep the plain head."""
+    model = tiny_model(tokenizer)
+    calls = []
+
+    def head_and_loss_in_torch(hidden, weight, labels, **loss_kwargs):  # what a fused loss computes, unfused
+        calls.append(sorted(loss_kwargs))
+        logits = (hidden @ weight.T)[:, :-1].flatten(0, 1)
+        return F.cross_entropy(logits, labels[:, 1:].flatten(), reduction="sum") / loss_kwargs["num_items_in_batch"]
+
+    input_ids = tokenizer(["All: Speak, speak!"], return_tensors="pt").input_ids
+    count = torch.tensor(input_ids.shape[1] - 1)
+    plain = model.train()(input_ids, labels=input_ids, num_items_in_batch=count)
+    model.fused_linear_loss = head_and_loss_in_torch
+    fused = model(input_ids, labels=input_ids, num_items_in_batch=count)
+    assert fused.logits is None and calls == [["num_items_in_batch"]]
+    torch.testing.assert_close(fused.loss, plain.loss)
+
+    model.eval()
+    assert model(input_ids, labels=input_ids).logits is not None and len(calls) == 1  # eval: the plain head
+    skipped = model(input_ids, labels=input_ids, skip_logits=True, num_items_in_batch=count)  # the Trainer's eval
+    assert skipped.logits is None and len(calls) == 2
+    assert model.generate(input_ids, max_new_tokens=3, do_sample=False).shape[1] == input_ids.shape[1] + 3
+    assert len(calls) == 2

@@ -320,10 +320,15 @@ def gpt2_folder_without_tokenizer(workdir):
         (["--block_size", "1"], "--block_size must be at least 2, got 1."),
         (["--adam_beta1", "5"], "--adam_beta1 must be in [0, 1), got 5.0."),
         (["--adam_epsilon=-1"], "--adam_epsilon must be 0 or more, got -1.0."),
+        (
+            ["--use_liger_kernel", "--use_cpu"],
+            "--use_liger_kernel runs Liger Kernel's Triton kernels on CUDA GPUs, and this run is on cpu; drop it "
+            "(the plain loss is used).",
+        ),
     ],
     ids=[
         *("lr-nan", "lr-inf", "weight-decay-inf", "lr-zero", "batch-0", "eval-windows-0", "accumulation-0"),
-        *("window-1", "beta1-5", "epsilon-negative"),
+        *("window-1", "beta1-5", "epsilon-negative", "fused-loss-on-cpu"),
     ],
 )
 def test_unusable_flag_values_are_refused_before_anything_is_written(workdir, corpus, capsys, flags, message):

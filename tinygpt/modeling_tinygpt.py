@@ -248,6 +248,11 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
     """TinyGPTModel + a language-model head tied to the token embedding."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    # A loss computed from the hidden states and the head's weight without writing the (B, T, vocab_size) logits:
+    # fused_linear_loss(hidden, lm_head.weight, labels, **loss_kwargs). None: the plain head and loss. Training
+    # sets one on CUDA (tinygpt.training.fused_loss, Liger Kernel's fused linear cross-entropy); it is used while
+    # training, or when a caller passes transformers' `skip_logits=True` (the Trainer does, to evaluate the loss).
+    fused_linear_loss = None
 
     def __init__(self, config: TinyGPTConfig):
         super().__init__(config)
@@ -283,6 +288,11 @@ class TinyGPTForCausalLM(TinyGPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
         )
         hidden = outputs.last_hidden_state  # (B, T, C)
+        skip_logits = kwargs.pop("skip_logits", None)
+        fused = self.fused_linear_loss is not None and labels is not None
+        if fused and (self.training if skip_logits is None else skip_logits):
+            loss = self.fused_linear_loss(hidden, self.lm_head.weight, labels, **kwargs)  # no logits at all
+            return CausalLMOutputWithPast(loss=loss, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
         # generate() only needs the last position's logits: logits_to_keep=1 skips the head for the rest.
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])  # (B, T_keep, vocab_size)

@@ -25,6 +25,7 @@ from transformers import (
 
 from tinygpt.configuration_tinygpt import ACTIVATIONS
 from tinygpt.data.errors import first_line
+from tinygpt.training.fused_loss import liger_installed
 from tinygpt.training.presets import DEFAULT_PRESET, PRESETS, describe_presets
 
 LATEST = "latest"  # --resume_from_checkpoint with no path, or with this word: the newest complete checkpoint
@@ -132,6 +133,7 @@ class DevicePolicy:
             defaults["logging_nan_inf_filter"] = False
             if cuda_compile:
                 defaults["torch_compile"] = True  # backend and mode are chosen after parsing: see use_cuda_graphs
+            defaults["use_liger_kernel"] = liger_installed()  # the fused loss (tinygpt.training.fused_loss)
         return defaults
 
 
@@ -230,6 +232,8 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
     except ValueError as error:  # TrainingArguments' own checks of flag combinations
         raise TrainingSetupError(first_line(error)) from error
     use_cuda_graphs(training_args, policy, PRESETS[preset_name].cuda_compile, passed)
+    if training_args.fsdp and "use_liger_kernel" not in passed:
+        training_args.use_liger_kernel = False  # the fused loss reads the head's weight, which FSDP shards: untried
     return RunArguments(model_args, data_args, training_args, passed, policy)
 
 
@@ -286,6 +290,15 @@ def check_arguments(run: RunArguments) -> None:
         raise TrainingSetupError(
             f"--fsdp shards the model over CUDA GPUs, and this run is on {run.policy.device}; drop --fsdp "
             "(under torchrun the processes then train with DDP)."
+        )
+    if run.training.use_liger_kernel and run.policy.device != "cuda":
+        raise TrainingSetupError(
+            f"--use_liger_kernel runs Liger Kernel's Triton kernels on CUDA GPUs, and this run is on "
+            f"{run.policy.device}; drop it (the plain loss is used)."
+        )
+    if run.training.use_liger_kernel and not liger_installed():
+        raise TrainingSetupError(
+            "--use_liger_kernel needs Liger Kernel: pip install 'tinygpt[gpu]' (or liger-kernel), or drop the flag."
         )
     check_output_dir_writable(Path(run.training.output_dir))
 

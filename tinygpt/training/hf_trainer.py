@@ -11,6 +11,7 @@ from transformers import Trainer, TrainingArguments
 from tinygpt.evaluation.bits import loss_bits_per_byte
 from tinygpt.training.args import LATEST
 from tinygpt.training.corpus import TrainingData
+from tinygpt.training.fused_loss import use_fused_loss
 from tinygpt.training.muon import MuonWithAdamW
 from tinygpt.training.run_dir import (
     WRITE_ERRORS,
@@ -74,6 +75,8 @@ def build_trainer(model, tokenizer, args: TrainingArguments, data: TrainingData,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
         )
+    if args.use_liger_kernel:
+        use_fused_loss(model)
     trainer = TinyGPTTrainer(
         model=model,
         args=args,

@@ -159,11 +159,12 @@ def nanogpt_char(nanogpt: Path, text_file: Path, steps: int, skip_steps: int) ->
     return steady_rate(command, nanogpt, r"^iter (\d+): loss", 64 * 256, skip_steps)
 
 
-def time_to_val(nanogpt: Path | None, text_file: Path, target: float) -> None:
+def time_to_val(nanogpt: Path | None, text_file: Path, target: float, flags: list[str]) -> None:
     """Seconds from the command's start (imports, compiling and evaluations included) to the first evaluation at
     or below target: train.py --preset shakespeare-char (2048 fixed validation windows every 250 steps) against
     nanoGPT's train.py as its config has it (200 random validation batches every 250 steps)."""
-    command = train_command("shakespeare-char", tempfile.mkdtemp(prefix="bench-val-"), "--text_file", str(text_file))
+    output = tempfile.mkdtemp(prefix="bench-val-")
+    command = train_command("shakespeare-char", output, "--text_file", str(text_file), *flags)
     rows = [("train.py --preset shakespeare-char", seconds_to_loss(command, REPO, r"'eval_loss': '?([0-9.]+)", target))]
     if nanogpt:
         command = nanogpt_char_command(nanogpt_char_data(text_file))
@@ -242,8 +243,10 @@ def main():
     parser.add_argument("--gpt2_tokenizer", type=Path, default=SHARED / "data" / "gpt2", help="vocab.json + merges.txt")
     parser.add_argument("--char_steps", type=int, default=1000)
     parser.add_argument("--gpt2_steps", type=int, default=120)
+    parser.add_argument("--tinygpt_flags", default="", help="more train.py flags for the char and val runs, one string")
     parser.add_argument("--skip_steps", type=int, default=0, help="default: a fifth of the steps, for compiling")
     args = parser.parse_args()
+    flags = args.tinygpt_flags.split()
     if not torch.cuda.is_available():
         raise SystemExit("bench_train_gpu.py needs a CUDA GPU")
     if args.nanogpt and not (args.nanogpt / "model.py").is_file():
@@ -252,7 +255,7 @@ def main():
 
     if args.only in (None, "char"):
         skip = args.skip_steps or args.char_steps // 5
-        ours = tinygpt_run("shakespeare-char", ["--text_file", str(args.text_file)], args.char_steps, skip)
+        ours = tinygpt_run("shakespeare-char", ["--text_file", str(args.text_file), *flags], args.char_steps, skip)
         theirs = nanogpt_char(args.nanogpt, args.text_file, args.char_steps, skip) if args.nanogpt else None
         table(
             f"10.65M char model, batch 64 x 256, {args.char_steps} steps (steady state from step {skip})",
@@ -260,14 +263,14 @@ def main():
             mfu=False,
         )
     if args.only in (None, "val"):
-        time_to_val(args.nanogpt, args.text_file, args.val_target)
+        time_to_val(args.nanogpt, args.text_file, args.val_target, flags)
     if args.only in (None, "124m"):
         skip = args.skip_steps or args.gpt2_steps // 5
-        flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]
-        ours = tinygpt_run("gpt2-small", flags, args.gpt2_steps, skip)
+        gpt2_flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]
+        ours = tinygpt_run("gpt2-small", gpt2_flags, args.gpt2_steps, skip)
         plain = None  # the same run with the plain loss, where the fused one is the default
         if importlib.util.find_spec("liger_kernel") is not None:
-            plain = tinygpt_run("gpt2-small", [*flags, "--use_liger_kernel", "false"], args.gpt2_steps, skip)
+            plain = tinygpt_run("gpt2-small", [*gpt2_flags, "--use_liger_kernel", "false"], args.gpt2_steps, skip)
         rows = PRESETS["gpt2-small"].training["per_device_train_batch_size"]  # no accumulation in the preset
         # nanoGPT in the preset's micro-batches, and in its own config's (12 x 1024, 3 a step: about as many tokens)
         shapes = [(rows, 1), (12, 3)]

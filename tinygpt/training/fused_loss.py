@@ -1,13 +1,14 @@
-"""The fused linear + cross-entropy loss of CUDA runs: `--use_liger_kernel`, on by default on CUDA when Liger
-Kernel is installed (the `gpu` extra).
+"""The fused linear + cross-entropy loss of CUDA runs: `--use_liger_kernel` (HF's own flag), with Liger Kernel
+installed (the `gpu` extra).
 
 Why: the plain loss writes the (B, T, vocab_size) logits, upcasts them to fp32 and reads them back for the
-softmax and again for its gradient; for GPT-2's vocabulary that is gigabytes of memory traffic a step and the
-largest activation of the model. Liger Kernel's fused linear cross-entropy takes the logits a chunk of rows at a
-time, computes the loss and the logits' gradient in one Triton kernel while the chunk is in cache, and keeps no
-logits. It is a well-kept library (LinkedIn's, and what transformers' own `use_liger_kernel` calls for the
-models it knows), so all that is written here is transformers' label shift and reduction around it.
+softmax and again for its gradient; for GPT-2's vocabulary they are the largest activation of the model by far.
+Liger Kernel's fused linear cross-entropy takes the logits a chunk of rows at a time, computes the loss and the
+logits' gradient in one Triton kernel, and keeps no logits. It is a well-kept library (LinkedIn's, and what
+transformers' own `use_liger_kernel` calls for the models it knows), so all that is written here is transformers'
+label shift and reduction around it.
 
+It is not the default: it saves memory, not time (docs/performance.md has both, measured beside the plain loss).
 The model side is one hook, `TinyGPTForCausalLM.fused_linear_loss`: training sets it, saving never sees it.
 """
 
@@ -21,12 +22,6 @@ IGNORE_INDEX = -100  # transformers' label for "no loss here"
 
 def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
-
-
-def fused_loss_pays(config) -> bool:
-    """Whether the logits outweigh a position's other activations (GPT-2's 50,304 against 768 wide): for a
-    character vocabulary they are a sliver, and the fused loss's host sync and graph break would cost more."""
-    return config.vocab_size >= 8 * config.n_embd
 
 
 # Liger's kernels are Triton already, and its autograd Function reads a count from the device: a compiled
@@ -47,6 +42,9 @@ def liger_causal_lm_loss(hidden, weight, labels, num_items_in_batch=None, ignore
         targets.reshape(-1),  # (B * T,)
         ignore_index=ignore_index,
         reduction=reduction,
+        # Chunks 8x Liger's default (4,096 rows of gpt2-small's 32 x 1024): each chunk adds its share of the head's
+        # gradient into one fp32 buffer of vocab_size x C, so fewer chunks mean fewer passes over it.
+        chunk_mem_const=8,
     )
     return loss if num_items_in_batch is None else loss / num_items_in_batch
 
@@ -57,4 +55,4 @@ def use_fused_loss(model) -> None:
     base.fused_linear_loss = liger_causal_lm_loss
 
 
-__all__ = ["fused_loss_pays", "liger_causal_lm_loss", "liger_installed", "use_fused_loss"]
+__all__ = ["liger_causal_lm_loss", "liger_installed", "use_fused_loss"]

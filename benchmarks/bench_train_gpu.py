@@ -13,8 +13,8 @@
 2. val: the seconds from each command's start (imports, compiling and evaluations counted) to its first validation
    loss at or below --val_target (1.47), the same char model as each recipe has it: `train.py --preset
    shakespeare-char` against nanoGPT's `train.py config/train_shakespeare_char.py --compile=True`.
-3. 124M: `train.py --preset gpt2-small` (32 x 1024 tokens a step), and with `--use_liger_kernel` too where Liger
-   Kernel is installed, against nanoGPT's GPT model (model.py,
+3. 124M: `train.py --preset gpt2-small` (32 x 1024 tokens a step; Liger's fused loss where it is installed, and
+   then the plain loss too, `--use_liger_kernel false`) against nanoGPT's GPT model (model.py,
    imported from --nanogpt) in a plain loop: torch.compile, bf16 autocast, fused AdamW. nanoGPT runs twice: in the
    preset's micro-batches, and in its own config's (config/train_gpt2.py: 12 x 1024, here 3 of them a step);
    the ratio is against the faster of the two. MFU = 6 x parameters x tokens/s / 989e12 (H100/H200 dense bf16
@@ -269,9 +269,9 @@ def main():
         skip = args.skip_steps or args.gpt2_steps // 5
         gpt2_flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]
         ours = tinygpt_run("gpt2-small", gpt2_flags, args.gpt2_steps, skip)
-        fused = None  # the same run with Liger's fused loss, where it is installed
+        plain = None  # the same run with the plain loss, where Liger's fused one is the default
         if importlib.util.find_spec("liger_kernel") is not None:
-            fused = tinygpt_run("gpt2-small", [*gpt2_flags, "--use_liger_kernel"], args.gpt2_steps, skip)
+            plain = tinygpt_run("gpt2-small", [*gpt2_flags, "--use_liger_kernel", "false"], args.gpt2_steps, skip)
         rows = PRESETS["gpt2-small"].training["per_device_train_batch_size"]  # no accumulation in the preset
         # nanoGPT in the preset's micro-batches, and in its own config's (12 x 1024, 3 a step: about as many tokens)
         shapes = [(rows, 1), (12, 3)]
@@ -288,7 +288,7 @@ def main():
             [
                 (f"train.py --preset gpt2-small, 1 x {rows} x 1024", ours),
                 *theirs,
-                ("the same, --use_liger_kernel (fused loss)", fused),
+                ("the same, --use_liger_kernel false (plain loss)", plain),
             ],
             mfu=True,
         )

@@ -133,6 +133,7 @@ class DevicePolicy:
             defaults["logging_nan_inf_filter"] = False
             if cuda_compile:
                 defaults["torch_compile"] = True  # backend and mode are chosen after parsing: see use_cuda_graphs
+            defaults["use_liger_kernel"] = liger_installed()  # the fused loss, kept where it pays: see choose_loss
         return defaults
 
 
@@ -231,6 +232,8 @@ def parse_args(argv: list[str] | None = None) -> RunArguments:
     except ValueError as error:  # TrainingArguments' own checks of flag combinations
         raise TrainingSetupError(first_line(error)) from error
     use_cuda_graphs(training_args, policy, PRESETS[preset_name].cuda_compile, passed)
+    if training_args.fsdp and "use_liger_kernel" not in passed:
+        training_args.use_liger_kernel = False  # the fused loss reads the head's weight, which FSDP shards: untried
     return RunArguments(model_args, data_args, training_args, passed, policy)
 
 

@@ -48,6 +48,7 @@ from tinygpt.training.args import (
     parse_args,
 )
 from tinygpt.training.corpus import check_context_fits, conversation_data, read_sources, token_window_data
+from tinygpt.training.fused_loss import fused_loss_pays
 from tinygpt.training.hf_trainer import build_trainer
 from tinygpt.training.lora import check_lora_arguments, describe_lora, load_adapter_weights, uses_lora, with_lora
 from tinygpt.training.report import RunSummary, print_summary, save_final_model, summarize
@@ -184,12 +185,16 @@ def set_generation_defaults(model, tokenizer, chat: bool) -> None:
         config.do_sample, config.temperature, config.top_k = True, 0.8, 200
 
 
-def loss_note(run: RunArguments) -> str:
-    """Which loss a CUDA run trains with, for the device line."""
+def choose_loss(run: RunArguments, config: TinyGPTConfig) -> str:
+    """Keep the fused loss (the default on CUDA with Liger installed) where it pays, and say which loss a CUDA run
+    trains with: a note for the device line."""
+    if run.training.use_liger_kernel and "use_liger_kernel" not in run.passed and not fused_loss_pays(config):
+        run.training.use_liger_kernel = False
+        return "; loss: plain (a vocabulary this small gains nothing from the fused one)"
     if run.training.use_liger_kernel:
-        return "; loss: Liger Kernel's fused linear cross-entropy"
+        return "; loss: Liger Kernel's fused linear cross-entropy (--use_liger_kernel false: the plain one)"
     if run.policy.device == "cuda":
-        return "; loss: plain (--use_liger_kernel: Liger's fused one, which keeps no logits)"
+        return "; loss: plain (pip install 'tinygpt[gpu]' and pass --use_liger_kernel for the fused one)"
     return ""
 
 
@@ -199,8 +204,6 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
     is_main = args.process_index == 0
     check_arguments(run)
     check_lora_arguments(run)
-    if is_main:
-        print(f"device: {run.policy.device}, precision: {run.policy.precision} ({run.policy.reason}){loss_note(run)}")
     output_dir = Path(args.output_dir)
     settings = run_settings(run)
     check_output_dir(output_dir, settings)
@@ -229,6 +232,7 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
         data = token_window_data(run, tokenizer, block_size, corpus, description)
     tokenizer.model_max_length = block_size  # saved with it: pipelines then never feed the model more
     set_generation_defaults(model, tokenizer, chat=data.chat)
+    loss = choose_loss(run, model.config)
     if uses_lora(run):  # the base frozen, a LoRA adapter on its projections trained
         model = with_lora(model, run)
 
@@ -240,6 +244,7 @@ def train(run: RunArguments, wall_start: float) -> RunSummary | None:
             )
         return None
     if is_main:  # every input is checked: from here on the folder belongs to this run
+        print(f"device: {run.policy.device}, precision: {run.policy.precision} ({run.policy.reason}){loss}")
         if resume_note:
             print(resume_note)
         elif any(output_dir.glob("checkpoint-*")):

@@ -26,7 +26,6 @@ time between them (compilation and start-up left out, equally for both).
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pickle
@@ -42,6 +41,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: tinygpt comes from this checkout
+from tinygpt.training.fused_loss import liger_installed  # noqa: E402
 from tinygpt.training.presets import PRESETS  # noqa: E402
 
 SHARED = next((p for p in (REPO / "shared", REPO.parent / "shared") if p.is_dir()), REPO.parent / "shared")
@@ -270,7 +270,7 @@ def main():
         gpt2_flags = ["--text_file", str(args.text_file), "--tokenizer", str(args.gpt2_tokenizer)]
         ours = tinygpt_run("gpt2-small", gpt2_flags, args.gpt2_steps, skip)
         plain = None  # the same run with the plain loss, where Liger's fused one is the default
-        if importlib.util.find_spec("liger_kernel") is not None:
+        if liger_installed():
             plain = tinygpt_run("gpt2-small", [*gpt2_flags, "--use_liger_kernel", "false"], args.gpt2_steps, skip)
         rows = PRESETS["gpt2-small"].training["per_device_train_batch_size"]  # no accumulation in the preset
         # nanoGPT in the preset's micro-batches, and in its own config's (12 x 1024, 3 a step: about as many tokens)

@@ -48,7 +48,7 @@ from tinygpt.training.args import (
     parse_args,
 )
 from tinygpt.training.corpus import check_context_fits, conversation_data, read_sources, token_window_data
-from tinygpt.training.fused_loss import fused_loss_pays
+from tinygpt.training.fused_loss import fused_loss_pays, liger_installed
 from tinygpt.training.hf_trainer import build_trainer
 from tinygpt.training.lora import check_lora_arguments, describe_lora, load_adapter_weights, uses_lora, with_lora
 from tinygpt.training.report import RunSummary, print_summary, save_final_model, summarize
@@ -193,8 +193,10 @@ def choose_loss(run: RunArguments, config: TinyGPTConfig) -> str:
         return "; loss: plain (a vocabulary this small gains nothing from the fused one)"
     if run.training.use_liger_kernel:
         return "; loss: Liger Kernel's fused linear cross-entropy (--use_liger_kernel false: the plain one)"
+    if run.policy.device == "cuda" and not liger_installed():
+        return "; loss: plain (pip install 'tinygpt[gpu]' for the fused one)"
     if run.policy.device == "cuda":
-        return "; loss: plain (pip install 'tinygpt[gpu]' and pass --use_liger_kernel for the fused one)"
+        return "; loss: plain"
     return ""
 
 
